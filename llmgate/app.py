@@ -1,0 +1,91 @@
+"""
+The HTTP face of the gateway: a Klein app with the gateway's own endpoints
+and a catch-all route that hands every other call to the forwarder.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from werkzeug.exceptions import HTTPException
+
+from llmgate import __version__
+from llmgate.forward import Forwarder
+
+#: Every method a client may proxy.
+PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def _json(request: Request, document: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(document).encode("utf-8")
+
+
+class Gateway:
+    """
+    The gateway's resource tree.
+
+    :param forwarder: relays proxied calls upstream.
+    :param config_view: returns ``/config``'s document (secrets redacted).
+    :param metrics_view: returns ``/metrics``' document.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        config_view: Callable[[], Any],
+        metrics_view: Callable[[], Any],
+    ) -> None:
+        self.forwarder = forwarder
+        self.provider = forwarder.provider
+        self._config_view = config_view
+        self._metrics_view = metrics_view
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: Request) -> bytes:
+        return _json(
+            request, {"status": "healthy", "service": "llmgate", "version": __version__}
+        )
+
+    @app.route("/config", methods=["GET", "HEAD"])
+    def config(self, request: Request) -> bytes:
+        return _json(request, self._config_view())
+
+    @app.route("/metrics", methods=["GET", "HEAD"])
+    def metrics(self, request: Request) -> bytes:
+        return _json(request, self._metrics_view())
+
+    @app.route(
+        "/", branch=True, methods=PROXY_METHODS, strict_slashes=False, merge_slashes=False
+    )
+    def proxy(self, request: Request) -> Any:
+        if not request.uri.startswith(b"/"):
+            return self._error(request, 400, "request target must be a path", "bad_request")
+        return self.forwarder.forward(request)
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        return self._error(request, error.code, error.name.lower(), "gateway_route")
+
+    @app.handle_errors(Exception)
+    def unexpected_error(self, request: Request, failure: Failure) -> bytes:
+        self.log.failure("unexpected error answering {uri}", failure, uri=request.uri)
+        return self._error(request, 500, "internal gateway error", "gateway_error")
+
+    def _error(self, request: Request, status: int, message: str, kind: str) -> bytes:
+        return self.forwarder.error_answer(request, status, message, kind)
+

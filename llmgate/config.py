@@ -1,0 +1,462 @@
+"""
+The gateway's configuration: one YAML file, environment variables and
+command-line flags, merged in that order of strength and validated into
+frozen value objects.
+
+Precedence is flag > environment > file > default.  Every mistake is reported
+as a :class:`ConfigError` whose message names the field and the bad value, so
+the daemon can exit with one readable line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import attrs
+import yaml
+
+PROVIDER_TYPES = ("openai", "anthropic")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
+
+#: Keys whose values are secrets: never echoed, not even in an error.
+SECRET_KEYS = frozenset({"api_key", "tokens", "password"})
+
+#: Environment variables read, and the dotted field each one sets.
+ENVIRONMENT = {
+    "LLM_BASE_URL": "llm.base_url",
+    "LLM_TYPE": "llm.type",
+    "LLM_API_KEY": "llm.api_key",
+    "LOG_LEVEL": "logging.level",
+}
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """
+    A configuration mistake, with a message fit to show the user as is.
+    """
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    #: A Twisted server endpoint string; when set it replaces host and port
+    #: (``systemd:domain=INET:index=0`` for socket activation, for example).
+    listen: str | None = None
+    max_request_body: int = 20 * 1024 * 1024
+    shutdown_timeout: float = 30.0
+
+    def endpoint(self) -> str:
+        """
+        The server endpoint description to listen on.
+        """
+        if self.listen:
+            return self.listen
+        host = self.host.replace(":", r"\:")
+        return f"tcp:port={self.port}:interface={host}"
+
+
+@attrs.frozen
+class LLMConfig:
+    base_url: str = "https://api.openai.com"
+    type: str = "openai"
+    api_key: str | None = attrs.field(default=None, repr=False)
+    #: Seconds to wait for the upstream's response headers.
+    timeout: float = 60.0
+    #: Seconds a stream may stay silent between two chunks.
+    idle_timeout: float = 300.0
+    #: Header that carries an injected key, for OpenAI-compatible providers
+    #: with another convention (Azure's ``api-key``).  None: the provider's own.
+    auth_header: str | None = None
+    #: Idle upstream connections kept open for reuse.
+    max_idle_connections: int = 100
+    #: Seconds an idle upstream connection is kept; below the upstream's own
+    #: keep-alive so a request never lands on a connection it just closed.
+    idle_connection_timeout: float = 50.0
+
+
+@attrs.frozen
+class MiddlewareConfig:
+    type: str
+    enabled: bool = True
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SessionConfig:
+    enabled: bool = True
+    max_sessions: int = 10_000
+    session_ttl_seconds: float = 3600.0
+    fuzzy_matching: bool = True
+    reset_phrases: tuple[str, ...] = (
+        "start over",
+        "new conversation",
+        "new chat",
+        "forget everything",
+        "reset the conversation",
+    )
+
+
+@attrs.frozen
+class LoggingConfig:
+    level: str = "info"
+    format: str = "text"
+    file: str | None = None
+
+
+@attrs.frozen
+class GatewayConfig:
+    server: ServerConfig = ServerConfig()
+    llm: LLMConfig = LLMConfig()
+    middlewares: tuple[MiddlewareConfig, ...] = ()
+    session: SessionConfig = SessionConfig()
+    logging: LoggingConfig = LoggingConfig()
+    #: Where the file part came from, for messages; None when there was none.
+    source: str | None = None
+
+    def redacted(self) -> dict[str, Any]:
+        """
+        The configuration as plain data with every secret replaced by whether
+        it is set, fit for ``/config``, logs and the console.
+        """
+        data = attrs.asdict(self, recurse=True)
+        data["llm"]["api_key"] = {"configured": self.llm.api_key is not None}
+        return data
+
+
+_DEFAULTS_ServerConfig = ServerConfig()
+_DEFAULTS_LLMConfig = LLMConfig()
+_DEFAULTS_SessionConfig = SessionConfig()
+_DEFAULTS_LoggingConfig = LoggingConfig()
+
+
+# -- loading -----------------------------------------------------------------
+
+
+def expand_environment(value: Any, environ: Mapping[str, str], field: str) -> Any:
+    """
+    Replace ``${VAR}`` (or ``${VAR:-default}``) in every string of a parsed
+    YAML document with the environment's value.
+
+    :raises ConfigError: when a referenced variable is unset and has no default.
+    """
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{field}: environment variable {name} is not set")
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            key: expand_environment(item, environ, _join(field, str(key)))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            expand_environment(item, environ, f"{field}[{index}]")
+            for index, item in enumerate(value)
+        ]
+    return value
+
+
+def read_file(path: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """
+    Read and parse a YAML configuration file, environment references expanded.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as error:
+        raise ConfigError(f"config: cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config: {path} is not valid YAML{at}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"config: {path} must hold a mapping at the top level")
+    return expand_environment(document, environ, "")
+
+
+def load(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> GatewayConfig:
+    """
+    Build the configuration from a file, the environment and flags.
+
+    :param path: the YAML file, or None for none.
+    :param environ: the environment (``os.environ`` when None).
+    :param overrides: dotted field names (``llm.base_url``) to values, from
+        command-line flags; None values are ignored.
+    :raises ConfigError: naming the first bad field.
+    """
+    if environ is None:
+        environ = os.environ
+    document = read_file(path, environ) if path else {}
+    for variable, field in ENVIRONMENT.items():
+        value = environ.get(variable)
+        if value:
+            _set(document, field, value)
+    for field, value in (overrides or {}).items():
+        if value is not None:
+            _set(document, field, value)
+    return parse(document, source=path)
+
+
+def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConfig:
+    """
+    Validate a configuration document (as parsed from YAML) into a
+    :class:`GatewayConfig`.
+    """
+    top = _Section(document, "")
+    top.allow({"server", "llm", "middlewares", "session", "logging"})
+    config = GatewayConfig(
+        server=_server(top.section("server")),
+        llm=_llm(top.section("llm")),
+        middlewares=_middlewares(top.get("middlewares", [])),
+        session=_session(top.section("session")),
+        logging=_logging(top.section("logging")),
+        source=source,
+    )
+    return config
+
+
+def _server(section: _Section) -> ServerConfig:
+    section.allow(set(attrs.fields_dict(ServerConfig)))
+    listen = section.optional_string("listen")
+    if listen is not None:
+        from twisted.internet.endpoints import _parseServer
+
+        try:
+            _parseServer(listen, None)
+        except Exception as error:  # any parse failure is the user's
+            section.fail("listen", listen, f"is not a server endpoint ({error})")
+    return ServerConfig(
+        host=section.string("host", _DEFAULTS_ServerConfig.host),
+        port=section.integer("port", _DEFAULTS_ServerConfig.port, 0, 65535),
+        listen=listen,
+        max_request_body=section.integer(
+            "max_request_body", _DEFAULTS_ServerConfig.max_request_body, 1, 2**40
+        ),
+        shutdown_timeout=section.number(
+            "shutdown_timeout", _DEFAULTS_ServerConfig.shutdown_timeout, 0, 86400
+        ),
+    )
+
+
+def _llm(section: _Section) -> LLMConfig:
+    section.allow(set(attrs.fields_dict(LLMConfig)))
+    base_url = section.string("base_url", _DEFAULTS_LLMConfig.base_url).rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        section.fail("base_url", base_url, "is not an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        section.fail("base_url", base_url, "must not have a query or fragment")
+    try:
+        parts.port
+    except ValueError:
+        section.fail("base_url", base_url, "has an invalid port")
+    kind = section.choice("type", _DEFAULTS_LLMConfig.type, PROVIDER_TYPES)
+    api_key = section.optional_string("api_key") or None
+    auth_header = section.optional_string("auth_header")
+    if auth_header is not None and not re.fullmatch(r"[A-Za-z0-9-]+", auth_header):
+        section.fail("auth_header", auth_header, "is not a header name")
+    return LLMConfig(
+        base_url=base_url,
+        type=kind,
+        api_key=api_key,
+        timeout=section.number("timeout", _DEFAULTS_LLMConfig.timeout, 0.001, 86400),
+        idle_timeout=section.number(
+            "idle_timeout", _DEFAULTS_LLMConfig.idle_timeout, 0.001, 86400
+        ),
+        auth_header=auth_header.lower() if auth_header else None,
+        max_idle_connections=section.integer(
+            "max_idle_connections", _DEFAULTS_LLMConfig.max_idle_connections, 0, 100_000
+        ),
+        idle_connection_timeout=section.number(
+            "idle_connection_timeout", _DEFAULTS_LLMConfig.idle_connection_timeout, 0.001, 86400
+        ),
+    )
+
+
+def _middlewares(value: Any) -> tuple[MiddlewareConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"middlewares: {_show(value)} must be a list")
+    result = []
+    for index, item in enumerate(value):
+        section = _Section(item, f"middlewares[{index}]")
+        section.allow({"type", "enabled", "config"})
+        kind = section.string("type", None)
+        config = section.get("config", {}) or {}
+        if not isinstance(config, dict):
+            section.fail("config", config, "must be a mapping")
+        result.append(
+            MiddlewareConfig(
+                type=kind,
+                enabled=section.boolean("enabled", True),
+                config=config,
+            )
+        )
+    return tuple(result)
+
+
+def _session(section: _Section) -> SessionConfig:
+    section.allow(set(attrs.fields_dict(SessionConfig)))
+    phrases = section.get("reset_phrases", None)
+    if phrases is None:
+        reset_phrases = _DEFAULTS_SessionConfig.reset_phrases
+    elif isinstance(phrases, list) and all(isinstance(p, str) for p in phrases):
+        reset_phrases = tuple(p.lower() for p in phrases)
+    else:
+        section.fail("reset_phrases", phrases, "must be a list of strings")
+    return SessionConfig(
+        enabled=section.boolean("enabled", _DEFAULTS_SessionConfig.enabled),
+        max_sessions=section.integer(
+            "max_sessions", _DEFAULTS_SessionConfig.max_sessions, 1, 100_000_000
+        ),
+        session_ttl_seconds=section.number(
+            "session_ttl_seconds", _DEFAULTS_SessionConfig.session_ttl_seconds, 1, 10**9
+        ),
+        fuzzy_matching=section.boolean("fuzzy_matching", _DEFAULTS_SessionConfig.fuzzy_matching),
+        reset_phrases=reset_phrases,
+    )
+
+
+def _logging(section: _Section) -> LoggingConfig:
+    section.allow(set(attrs.fields_dict(LoggingConfig)))
+    level = section.string("level", _DEFAULTS_LoggingConfig.level).lower()
+    if level == "warning":
+        level = "warn"
+    if level not in LOG_LEVELS:
+        section.fail("level", level, f"is not one of {', '.join(LOG_LEVELS)}")
+    return LoggingConfig(
+        level=level,
+        format=section.choice("format", _DEFAULTS_LoggingConfig.format, LOG_FORMATS),
+        file=section.optional_string("file"),
+    )
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _set(document: dict[str, Any], field: str, value: Any) -> None:
+    section, key = field.split(".")
+    existing = document.get(section)
+    if existing is None:
+        existing = document[section] = {}
+    if not isinstance(existing, dict):
+        raise ConfigError(f"{section}: {_show(existing)} must be a mapping")
+    existing[key] = value
+
+
+@attrs.define
+class _Section:
+    """
+    One mapping of the document, with typed getters that name the field in
+    every error.
+    """
+
+    data: Any
+    name: str
+
+    def __attrs_post_init__(self) -> None:
+        if self.data is None:
+            self.data = {}
+        if not isinstance(self.data, dict):
+            raise ConfigError(f"{self.name}: {_show(self.data)} must be a mapping")
+
+    def fail(self, key: str, value: Any, why: str) -> None:
+        shown = "(value hidden)" if key in SECRET_KEYS else _show(value)
+        raise ConfigError(f"{_join(self.name, key)}: {shown} {why}")
+
+    def allow(self, keys: set[str]) -> None:
+        for key in self.data:
+            if key not in keys:
+                known = ", ".join(sorted(keys))
+                raise ConfigError(
+                    f"{_join(self.name, str(key))}: unknown key (known: {known})"
+                )
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.data.get(key), _join(self.name, key))
+
+    def get(self, key: str, default: Any) -> Any:
+        return self.data.get(key, default)
+
+    def string(self, key: str, default: str | None) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            raise ConfigError(f"{_join(self.name, key)}: is required")
+        if not isinstance(value, str) or not value:
+            self.fail(key, value, "must be a non-empty string")
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(key, value, "must be a string")
+        return value
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        value = self.string(key, default).lower()
+        if value not in choices:
+            self.fail(key, value, f"is not one of {', '.join(choices)}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            self.fail(key, value, "must be true or false")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, value, "must be an integer")
+        if not low <= value <= high:
+            self.fail(key, value, f"is out of range ({low} to {high})")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(key, value, "must be a number")
+        if not low <= value <= high:
+            self.fail(key, value, f"is out of range ({low:g} to {high:g})")
+        return float(value)

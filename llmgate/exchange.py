@@ -1,0 +1,146 @@
+"""
+One request and its answer as they pass the gateway: the record every
+middleware reads, filled in once as the call goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import attrs
+from twisted.web.http_headers import Headers
+
+from llmgate.sse import ServerSentEvent
+
+
+def new_exchange_id() -> str:
+    """
+    A random id, unique across processes and machines (128 bits).
+    """
+    return os.urandom(16).hex()
+
+
+@attrs.define(eq=False)
+class RequestRecord:
+    method: bytes
+    #: Path and query exactly as the client sent them (origin form).
+    uri: bytes
+    headers: Headers
+    body: bytes
+
+    @property
+    def path(self) -> bytes:
+        return self.uri.split(b"?", 1)[0]
+
+    @property
+    def query(self) -> bytes:
+        parts = self.uri.split(b"?", 1)
+        return parts[1] if len(parts) == 2 else b""
+
+
+@attrs.define(eq=False)
+class ResponseRecord:
+    status: int
+    headers: list[tuple[bytes, Sequence[bytes]]]
+    #: True when the answer is a Server-Sent Events stream.
+    streaming: bool = False
+    #: The first ``capture_limit`` bytes of a plain answer, decoded.
+    body: bytearray = attrs.field(factory=bytearray)
+    #: Events of a stream, up to ``capture_limit`` bytes of data.
+    events: list[ServerSentEvent] = attrs.field(factory=list)
+    event_count: int = 0
+    body_size: int = 0
+    #: Bytes or events went past the capture limit and were not kept.
+    truncated: bool = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, values in self.headers:
+            if key.lower() == name and values:
+                return values[0]
+        return None
+
+
+@attrs.define(eq=False)
+class LocalAnswer:
+    """
+    An answer a middleware gives in place of the upstream's.
+    """
+
+    status: int
+    body: bytes
+    headers: Sequence[tuple[bytes, bytes]] = (
+        (b"content-type", b"application/json"),
+    )
+
+
+@attrs.define(eq=False)
+class Exchange:
+    """
+    Everything known about one call.  Times are the reactor clock's seconds.
+    """
+
+    id: str
+    provider: str
+    request: RequestRecord
+    received: float
+    response: ResponseRecord | None = None
+    upstream_headers_at: float | None = None
+    first_byte_at: float | None = None
+    ended_at: float | None = None
+    #: Why the call failed, in words safe to show (no secret); None if it did not.
+    error: str | None = None
+    #: Short machine-readable reason for ``error`` (``upstream_timeout``...).
+    error_kind: str | None = None
+    #: The client went away before the answer was complete.
+    client_gone: bool = False
+    session_id: str | None = None
+    usage: dict[str, int] | None = None
+    #: Free space for middleware, keyed by middleware name.
+    notes: dict[str, Any] = attrs.field(factory=dict)
+    _json: Any = attrs.field(default=attrs.NOTHING, init=False)
+
+    @property
+    def request_json(self) -> Any:
+        """
+        The request body parsed as JSON, once; None when it is not JSON.
+        """
+        if self._json is attrs.NOTHING:
+            try:
+                self._json = json.loads(self.request.body) if self.request.body else None
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                self._json = None
+        return self._json
+
+    def invalidate_request_json(self) -> None:
+        """
+        Forget the parsed body, after a middleware replaced it.
+        """
+        self._json = attrs.NOTHING
+
+    @property
+    def model(self) -> str | None:
+        body = self.request_json
+        if isinstance(body, dict):
+            model = body.get("model")
+            if isinstance(model, str):
+                return model
+        return None
+
+    @property
+    def stream_requested(self) -> bool:
+        body = self.request_json
+        return isinstance(body, dict) and body.get("stream") is True
+
+    @property
+    def duration(self) -> float | None:
+        if self.ended_at is None:
+            return None
+        return self.ended_at - self.received
+
+    @property
+    def ttfb(self) -> float | None:
+        if self.first_byte_at is None:
+            return None
+        return self.first_byte_at - self.received

@@ -1,0 +1,435 @@
+"""
+The upstream forwarder: each client call becomes one request to the
+configured upstream over a shared persistent connection pool, and its answer
+is relayed back as it arrives.
+
+The forwarder drives a pooled ``IAgent`` itself rather than through
+``treq.HTTPClient.request``, which always adds a shared cookie jar, redirect
+following and gzip decoding: a proxy must store no cookie between clients,
+follow no redirect and pass bodies through intact.  Tests drive the same code
+with ``treq.testing``'s in-memory agent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import client
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from llmgate.config import GatewayConfig
+from llmgate.exchange import Exchange, LocalAnswer, RequestRecord, ResponseRecord, new_exchange_id
+from llmgate.headers import inbound_response_headers, outbound_request_headers
+from llmgate.observe import Observer
+from llmgate.pipeline import Pipeline
+from llmgate.providers import CREDENTIAL_HEADERS, Provider
+from llmgate.relay import ClientGone, Relay, StreamIdle
+
+#: Methods whose request carries a body (and so a Content-Length) even empty.
+BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+#: Upstream failures that mean "the pooled connection was already closed":
+#: the request never reached a live server, so sending it again is safe.
+_STALE = (neterror.ConnectionDone, neterror.ConnectionLost)
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body already in memory, written in one go.  Replayable, so a
+    request can be sent again after a stale pooled connection.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _QuietClientFactory(client._HTTP11ClientFactory):
+    """
+    The pool's connection factory without a log line per upstream connection.
+    """
+
+    noisy = False
+
+
+def make_pool(reactor: Any, config: GatewayConfig) -> client.HTTPConnectionPool:
+    """
+    The persistent upstream connection pool.  ``maxPersistentPerHost`` caps
+    idle connections kept, not concurrency.
+    """
+    pool = client.HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = config.llm.max_idle_connections
+    pool.cachedConnectionTimeout = config.llm.idle_connection_timeout
+    pool.retryAutomatically = True
+    pool._factory = _QuietClientFactory
+    return pool
+
+
+def make_agent(
+    reactor: Any, pool: client.HTTPConnectionPool, connect_timeout: float
+) -> IAgent:
+    """
+    An agent that verifies upstream certificates the way a browser does.
+    """
+    return client.Agent(
+        reactor,
+        contextFactory=client.BrowserLikePolicyForHTTPS(),
+        connectTimeout=connect_timeout,
+        pool=pool,
+    )
+
+
+def classify(failure: Failure) -> str:
+    """
+    A short name for why an upstream request failed, for errors and metrics.
+    """
+    reasons = [failure]
+    if isinstance(failure.value, client._WrapperException):
+        reasons = list(failure.value.reasons) or reasons
+    for reason in reasons:
+        if reason.check(neterror.ConnectionRefusedError):
+            return "upstream_refused"
+        if reason.check(neterror.DNSLookupError):
+            return "upstream_dns"
+        if reason.check(neterror.TimeoutError):
+            return "upstream_connect_timeout"
+        if reason.check(StreamIdle):
+            return "stream_idle"
+        if reason.check(CancelledError):
+            return "cancelled"
+        name = type(reason.value).__module__
+        if "SSL" in name or "ssl" in name or "tls" in name:
+            return "upstream_tls"
+    return "upstream_reset"
+
+
+def _is_stale_connection(failure: Failure) -> bool:
+    if not failure.check(client.ResponseNeverReceived, client.RequestTransmissionFailed):
+        return False
+    return all(reason.check(*_STALE) for reason in failure.value.reasons)
+
+
+class Forwarder:
+    """
+    Forward client requests to the one configured upstream.
+
+    :ivar open_calls: calls in progress by exchange id, for the console,
+        metrics and a graceful shutdown.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        agent: IAgent,
+        config: GatewayConfig,
+        provider: Provider,
+        pipeline: Pipeline,
+        clock: IReactorTime,
+        capture_limit: int = 1024 * 1024,
+    ) -> None:
+        self.agent = agent
+        self.config = config
+        self.provider = provider
+        self.pipeline = pipeline
+        self.clock = clock
+        self.capture_limit = capture_limit
+        self.base = config.llm.base_url.encode("utf-8")
+        llm = config.llm
+        if llm.api_key is not None:
+            header = provider.auth_header
+            self.credential: tuple[bytes, bytes] | None = (
+                header,
+                provider.credential(llm.api_key),
+            )
+            self.strip = CREDENTIAL_HEADERS | {header}
+        else:
+            self.credential = None
+            self.strip = frozenset()
+        self.defaults = provider.extra_request_headers()
+        self.open_calls: dict[str, Call] = {}
+
+    def forward(self, request: Request) -> Deferred[None]:
+        """
+        Forward one client request and relay its answer.
+
+        :return: a Deferred that fires when the answer is complete (the route
+            returns it to Klein); cancelling it means the client went away.
+        """
+        body = request.content.read() if request.content is not None else b""
+        exchange = Exchange(
+            id=new_exchange_id(),
+            provider=self.provider.name,
+            request=RequestRecord(
+                method=request.method,
+                uri=request.uri,
+                headers=request.requestHeaders,
+                body=body,
+            ),
+            received=self.clock.seconds(),
+        )
+        call = Call(self, request, exchange)
+        return call.start()
+
+    def error_answer(self, request: Request, status: int, message: str, kind: str) -> bytes:
+        """
+        Set a provider-shaped JSON error on ``request`` and return its body.
+        """
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return self.provider.error_body(status, message, kind)
+
+
+class Call:
+    """
+    One client request on its way through the gateway, from the middleware
+    on the way in to the end of the relayed answer.
+    """
+
+    log = Logger()
+
+    def __init__(self, forwarder: Forwarder, request: Request, exchange: Exchange) -> None:
+        self.forwarder = forwarder
+        self.request = request
+        self.exchange = exchange
+        self.finished: Deferred[None] = Deferred(canceller=self._client_gone)
+        self._upstream: Deferred[IResponse] | None = None
+        self._timer: IDelayedCall | None = None
+        self._timed_out = False
+        self._retried = False
+        self._relay: Relay | None = None
+        self._done = False
+
+    def start(self) -> Deferred[None]:
+        self.forwarder.open_calls[self.exchange.id] = self
+        answer = self.forwarder.pipeline.request_received(self.exchange)
+        if answer is None:
+            self._send()
+        elif isinstance(answer, Deferred):
+            answer.addCallback(self._after_request_hooks)
+        else:
+            self._answer_locally(answer)
+        return self.finished
+
+    def _after_request_hooks(self, answer: LocalAnswer | None) -> None:
+        if self._done:
+            return
+        if answer is None:
+            self._send()
+        else:
+            self._answer_locally(answer)
+
+    # -- upstream request ------------------------------------------------------
+
+    def _send(self) -> None:
+        forwarder = self.forwarder
+        record = self.exchange.request
+        headers = outbound_request_headers(
+            record.headers, forwarder.credential, forwarder.strip, forwarder.defaults
+        )
+        body = record.body
+        producer = BytesProducer(body) if body or record.method in BODY_METHODS else None
+        self._upstream = forwarder.agent.request(
+            record.method, forwarder.base + record.uri, headers, producer
+        )
+        if self._timer is None:
+            self._timer = forwarder.clock.callLater(
+                forwarder.config.llm.timeout, self._headers_timed_out
+            )
+        self._upstream.addCallbacks(self._got_response, self._request_failed)
+
+    def _headers_timed_out(self) -> None:
+        self._timer = None
+        self._timed_out = True
+        if self._upstream is not None:
+            self._upstream.cancel()
+
+    def _request_failed(self, failure: Failure) -> None:
+        self._upstream = None
+        if self._done:
+            return
+        if (
+            not self._retried
+            and not self._timed_out
+            and _is_stale_connection(failure)
+        ):
+            self._retried = True
+            self._send()
+            return
+        self._cancel_timer()
+        exchange = self.exchange
+        if self._timed_out:
+            kind, status = "upstream_timeout", 504
+            message = (
+                f"upstream sent no response within {self.forwarder.config.llm.timeout:g}s"
+            )
+        else:
+            kind, status = classify(failure), 502
+            message = f"upstream unreachable ({kind.replace('_', ' ')})"
+        exchange.error, exchange.error_kind = message, kind
+        self.log.warn(
+            "{method} {path} failed: {kind}",
+            method=exchange.request.method.decode("ascii", "replace"),
+            path=exchange.request.path.decode("ascii", "replace"),
+            kind=kind,
+            exchange_id=exchange.id,
+        )
+        body = self.forwarder.error_answer(self.request, status, message, kind)
+        self._write_and_finish(body)
+
+    # -- the answer -------------------------------------------------------------
+
+    def _got_response(self, response: IResponse) -> None:
+        self._upstream = None
+        self._cancel_timer()
+        forwarder = self.forwarder
+        exchange = self.exchange
+        exchange.upstream_headers_at = forwarder.clock.seconds()
+        content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        record = ResponseRecord(
+            status=response.code,
+            headers=inbound_response_headers(response.headers),
+            streaming=content_type.lower().startswith(b"text/event-stream"),
+        )
+        exchange.response = record
+        forwarder.pipeline.response_started(exchange)
+        request = self.request
+        request.setResponseCode(record.status, response.phrase)
+        set_header = request.responseHeaders.setRawHeaders
+        for name, values in record.headers:
+            set_header(name, values)
+        if exchange.session_id is not None:
+            set_header(b"x-llmgate-session-id", [exchange.session_id.encode("ascii")])
+        observer = Observer(
+            exchange, record, forwarder.pipeline, forwarder.clock, forwarder.capture_limit
+        )
+        self._relay = relay = Relay(
+            request, forwarder.clock, forwarder.config.llm.idle_timeout, observer
+        )
+        relay.done.addCallback(self._relay_ended)
+        response.deliverBody(relay)
+
+    def _relay_ended(self, reason: Failure | None) -> None:
+        if self._done:
+            return
+        exchange = self.exchange
+        if reason is None:
+            self._finish()
+            return
+        if reason.check(ClientGone):
+            # The channel is closing: the request must not be finished.
+            exchange.client_gone = True
+            exchange.error, exchange.error_kind = "client disconnected", "client_gone"
+            self._complete()
+            return
+        kind = classify(reason)
+        record = exchange.response
+        if kind == "stream_idle":
+            message = f"upstream stream idle for {self.forwarder.config.llm.idle_timeout:g}s"
+        else:
+            message = "upstream connection lost mid-answer"
+        exchange.error, exchange.error_kind = message, kind
+        self.log.warn(
+            "{method} {path}: {message}",
+            method=exchange.request.method.decode("ascii", "replace"),
+            path=exchange.request.path.decode("ascii", "replace"),
+            message=message,
+            exchange_id=exchange.id,
+        )
+        if record is not None and record.streaming:
+            # The SDKs raise on this event; the stream then ends.
+            self.request.write(self.forwarder.provider.error_event(message, kind))
+            self._finish()
+        else:
+            # A plain body cut short: end the client's connection without the
+            # terminating chunk, so it cannot mistake this for a whole answer.
+            self._complete()
+            self.request.channel.transport.abortConnection()
+
+    # -- endings ---------------------------------------------------------------
+
+    def _answer_locally(self, answer: LocalAnswer) -> None:
+        if self._done:
+            return
+        self.request.setResponseCode(answer.status)
+        for name, value in answer.headers:
+            self.request.setHeader(name, value)
+        self.exchange.response = ResponseRecord(
+            status=answer.status, headers=[(n, [v]) for n, v in answer.headers]
+        )
+        self.exchange.response.body += answer.body
+        self._write_and_finish(answer.body)
+
+    def _write_and_finish(self, body: bytes) -> None:
+        self.request.setHeader(b"content-length", b"%d" % (len(body),))
+        self.request.write(body)
+        self._finish()
+
+    def _finish(self) -> None:
+        """
+        The answer is complete: Klein finishes the request when ``finished``
+        fires.
+        """
+        if self._complete():
+            self.finished.callback(None)
+
+    def _complete(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        self._cancel_timer()
+        exchange = self.exchange
+        exchange.ended_at = self.forwarder.clock.seconds()
+        self.forwarder.open_calls.pop(exchange.id, None)
+        self.forwarder.pipeline.exchange_finished(exchange)
+        return True
+
+    def _client_gone(self, finished: Deferred[None]) -> None:
+        """
+        Klein cancelled ``finished``: the client disconnected.  Stop the
+        upstream request at once, whatever stage it is in.
+        """
+        if self._done:
+            return
+        exchange = self.exchange
+        exchange.client_gone = True
+        if exchange.error is None:
+            exchange.error, exchange.error_kind = "client disconnected", "client_gone"
+        upstream, self._upstream = self._upstream, None
+        relay = self._relay
+        self._complete()
+        if upstream is not None:
+            upstream.cancel()
+        if relay is not None:
+            relay.stop()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+
+__all__ = ["Forwarder", "Call", "BytesProducer", "make_pool", "make_agent", "Headers"]

@@ -1,0 +1,161 @@
+"""
+The streaming relay: upstream body bytes written to the client as they
+arrive, with flow control both ways.
+
+One object is both the ``Protocol`` that receives the upstream body and the
+``IPushProducer`` registered with the client's request: when the client reads
+slowly, twisted.web pauses it and it pauses the upstream socket, so a slow
+reader never makes the gateway hold a stream in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+
+class StreamIdle(Exception):
+    """
+    The upstream sent nothing for longer than the idle timeout.
+    """
+
+
+class ClientGone(Exception):
+    """
+    The client stopped reading: its connection is gone.
+    """
+
+
+@implementer(IPushProducer)
+class Relay(Protocol):
+    """
+    Relay an upstream response body to a client request.
+
+    :ivar done: fires with None when the upstream body ended cleanly, or with
+        the :class:`Failure` that ended it (``StreamIdle`` after an idle
+        timeout, ``ClientGone`` after :meth:`stop`); it never errbacks.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        consumer: IRequest,
+        clock: IReactorTime,
+        idle_timeout: float,
+        observe: Callable[[bytes], None],
+    ) -> None:
+        """
+        :param consumer: the client's request, written to as data arrives.
+        :param idle_timeout: seconds of upstream silence that end the stream;
+            time spent paused by a slow client does not count.
+        :param observe: called with every chunk after it is written, for the
+            exchange record; it must be cheap and must not raise.
+        """
+        self._consumer = consumer
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._observe = observe
+        self._idle: IDelayedCall | None = None
+        self._registered = False
+        self._paused = False
+        self.stopped = False
+        self.done: Deferred[Failure | None] = Deferred()
+
+    # -- Protocol: the upstream body ------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._consumer.registerProducer(self, True)
+        self._registered = True
+        self._idle = self._clock.callLater(self._idle_timeout, self._timedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        self._consumer.write(data)
+        self._observe(data)
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self._idle_timeout)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self._cancelIdle()
+        self._unregister()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.callback(reason)
+
+    # -- IPushProducer: the client side ---------------------------------------
+
+    def pauseProducing(self) -> None:
+        if self.stopped or self.transport is None:
+            return
+        self._paused = True
+        self._cancelIdle()
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.stopped or self.transport is None:
+            return
+        self._paused = False
+        if self._idle is None:
+            self._idle = self._clock.callLater(self._idle_timeout, self._timedOut)
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The client went away: drop the upstream connection at once.
+        """
+        self.stop()
+
+    # -- control --------------------------------------------------------------
+
+    def stop(self) -> None:
+        """
+        Abandon the stream and close the upstream connection.  Idempotent: the
+        client's disconnect reaches us both here and through Klein's cancel.
+        """
+        if self.stopped:
+            return
+        self.stopped = True
+        self._cancelIdle()
+        # The channel is gone or going; unregistering now would touch it.
+        self._registered = False
+        if self.transport is not None:
+            self.transport.stopProducing()
+        if not self.done.called:
+            self.done.callback(Failure(ClientGone()))
+
+    def _timedOut(self) -> None:
+        self._idle = None
+        if self.stopped or self.done.called:
+            return
+        self.stopped = True
+        self._unregister()
+        if self.transport is not None:
+            self.transport.stopProducing()
+        self.done.callback(
+            Failure(StreamIdle(f"no data from upstream for {self._idle_timeout:g}s"))
+        )
+
+    def _cancelIdle(self) -> None:
+        if self._idle is not None:
+            if self._idle.active():
+                self._idle.cancel()
+            self._idle = None
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            self._consumer.unregisterProducer()

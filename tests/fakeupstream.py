@@ -1,0 +1,383 @@
+"""
+A fake LLM upstream written in Twisted, for end-to-end tests over loopback.
+
+It answers OpenAI chat completions and Anthropic messages (plain and
+streamed, trickled with real gaps), and has paths that misbehave on purpose:
+a stall before headers, a death mid-stream, a stall mid-stream, a redirect,
+a cookie, a gzip body, a large stream.  Every request is recorded, and every
+connection that closes is reported, so tests can see what reached it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.web import server
+from twisted.web.resource import Resource
+
+
+@attrs.define
+class Seen:
+    method: bytes
+    uri: bytes
+    headers: dict[bytes, list[bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+
+def _words(reply: str) -> list[str]:
+    parts = reply.split(" ")
+    return [part if i == 0 else " " + part for i, part in enumerate(parts)]
+
+
+def openai_completion(text: str, model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
+
+
+def openai_chunks(text: str, model: str, usage: bool) -> list[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        document = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return b"data: " + json.dumps(document).encode() + b"\n\n"
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": word}) for word in _words(text)]
+    events.append(chunk({}, "stop"))
+    if usage:
+        document = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+        }
+        events.append(b"data: " + json.dumps(document).encode() + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def anthropic_message(text: str, model: str) -> dict[str, Any]:
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 13, "output_tokens": 9},
+    }
+
+
+def anthropic_events(text: str, model: str) -> list[bytes]:
+    def event(name: str, document: dict[str, Any]) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + json.dumps(document).encode() + b"\n\n"
+
+    start = anthropic_message("", model)
+    start["content"] = []
+    start["stop_reason"] = None
+    start["usage"] = {"input_tokens": 13, "output_tokens": 1}
+    events = [
+        event("message_start", {"type": "message_start", "message": start}),
+        event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        b": keep-alive comment\n\n",
+        event("ping", {"type": "ping"}),
+    ]
+    events += [
+        event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
+        )
+        for word in _words(text)
+    ]
+    events += [
+        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 9},
+            },
+        ),
+        event("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
+class FakeUpstream(Resource):
+    """
+    The fake upstream's root resource.
+
+    :ivar seen: every request received, in order.
+    :ivar closed: fires (a fresh Deferred each time it is replaced) when a
+        connection the upstream was streaming on is lost early.
+    :ivar reply: the text of every answer (a callable of the request body).
+    """
+
+    isLeaf = True
+
+    def __init__(self, clock: IReactorTime, gap: float = 0.002) -> None:
+        super().__init__()
+        self.clock = clock
+        self.gap = gap
+        self.seen: list[Seen] = []
+        self.stream_lost: list[Deferred[None]] = []
+        self.reply: Callable[[dict[str, Any]], str] = lambda body: "Hello from the fake upstream"
+        self.open_streams = 0
+
+    def notify_stream_lost(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.stream_lost.append(d)
+        return d
+
+    def render(self, request: server.Request) -> Any:
+        body = request.content.read()
+        self.seen.append(
+            Seen(
+                method=request.method,
+                uri=request.uri,
+                headers={k.lower(): list(v) for k, v in request.requestHeaders.getAllRawHeaders()},
+                body=body,
+            )
+        )
+        path = request.path
+        try:
+            document = json.loads(body) if body else {}
+        except ValueError:
+            document = {}
+        handler = getattr(self, "do_" + path.decode().strip("/").replace("/", "_").replace("-", "_"), None)
+        if handler is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": {"message": "no such path", "type": "not_found"}}).encode()
+        return handler(request, document)
+
+    # -- well-behaved endpoints ---------------------------------------------------
+
+    def do_v1_chat_completions(self, request: server.Request, document: dict[str, Any]) -> Any:
+        text = self.reply(document)
+        model = document.get("model", "gpt-fake")
+        if document.get("stream"):
+            usage = bool((document.get("stream_options") or {}).get("include_usage"))
+            return self._stream(request, openai_chunks(text, model, usage))
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(openai_completion(text, model)).encode()
+
+    def do_v1_messages(self, request: server.Request, document: dict[str, Any]) -> Any:
+        text = self.reply(document)
+        model = document.get("model", "claude-fake")
+        if document.get("stream"):
+            return self._stream(request, anthropic_events(text, model))
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(anthropic_message(text, model)).encode()
+
+    def do_v1_models(self, request: server.Request, document: dict[str, Any]) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"object": "list", "data": [{"id": "gpt-fake", "object": "model"}]}).encode()
+
+    def do_echo(self, request: server.Request, document: dict[str, Any]) -> bytes:
+        """
+        The request as the upstream saw it, as JSON.
+        """
+        seen = self.seen[-1]
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-upstream-header", b"kept")
+        request.setHeader(b"connection", b"close, x-hop")
+        request.setHeader(b"x-hop", b"dropped")
+        request.setHeader(b"keep-alive", b"timeout=5")
+        return json.dumps(
+            {
+                "method": seen.method.decode(),
+                "uri": seen.uri.decode(),
+                "headers": {k.decode(): [x.decode() for x in v] for k, v in seen.headers.items()},
+                "body": seen.body.decode("utf-8", "replace"),
+            }
+        ).encode()
+
+    def do_status_418(self, request: server.Request, document: dict[str, Any]) -> bytes:
+        request.setResponseCode(418)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"retry-after", b"7")
+        return b'{"error": {"message": "teapot", "type": "teapot"}}'
+
+    def do_redirect(self, request: server.Request, document: dict[str, Any]) -> bytes:
+        request.setResponseCode(302)
+        request.setHeader(b"location", b"/v1/models")
+        return b""
+
+    def do_cookie(self, request: server.Request, document: dict[str, Any]) -> bytes:
+        request.setHeader(b"set-cookie", b"upstream=secret-session; Path=/")
+        request.setHeader(b"content-type", b"application/json")
+        return b"{}"
+
+    def do_gzip(self, request: server.Request, document: dict[str, Any]) -> bytes:
+        payload = json.dumps(openai_completion("compressed answer", "gpt-fake")).encode()
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-encoding", b"gzip")
+        return gzip.compress(payload)
+
+    # -- misbehaving endpoints ----------------------------------------------------
+
+    def do_stall(self, request: server.Request, document: dict[str, Any]) -> Any:
+        """
+        Never answer; report when the gateway gives up the connection.
+        """
+        self._watch(request)
+        return server.NOT_DONE_YET
+
+    def do_die_mid_stream(self, request: server.Request, document: dict[str, Any]) -> Any:
+        events = openai_chunks("this answer will be cut", "gpt-fake", False)[:3]
+        return self._stream(request, events, then=lambda: request.channel.transport.abortConnection())
+
+    def do_die_mid_body(self, request: server.Request, document: dict[str, Any]) -> Any:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"1000")
+        request.write(b'{"partial": ')
+        self.clock.callLater(self.gap, request.channel.transport.abortConnection)
+        return server.NOT_DONE_YET
+
+    def do_stall_mid_stream(self, request: server.Request, document: dict[str, Any]) -> Any:
+        events = openai_chunks("this answer will stall", "gpt-fake", False)[:2]
+        self._watch(request)
+        return self._stream(request, events, then=lambda: None)
+
+    def do_big_stream(self, request: server.Request, document: dict[str, Any]) -> Any:
+        """
+        ``megabytes`` MB of SSE events, produced only as fast as the
+        connection drains (the upstream itself honours backpressure).
+        """
+        total = int(document.get("megabytes", 1)) * 1024 * 1024
+        request.setHeader(b"content-type", b"text/event-stream")
+        _BigStream(request, total).start()
+        self._watch(request)
+        return server.NOT_DONE_YET
+
+    def do_slow_stream(self, request: server.Request, document: dict[str, Any]) -> Any:
+        """
+        An endless trickle of events, one per gap, until the client goes.
+        """
+        request.setHeader(b"content-type", b"text/event-stream")
+        self._watch(request)
+        state = {"n": 0, "stopped": False}
+        request.notifyFinish().addBoth(lambda _: state.update(stopped=True))
+
+        def tick() -> None:
+            if state["stopped"]:
+                return
+            state["n"] += 1
+            request.write(b"data: {\"n\": %d}\n\n" % state["n"])
+            self.clock.callLater(self.gap, tick)
+
+        tick()
+        return server.NOT_DONE_YET
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _watch(self, request: server.Request) -> None:
+        self.open_streams += 1
+
+        def lost(reason: Any) -> None:
+            self.open_streams -= 1
+            waiting, self.stream_lost = self.stream_lost, []
+            for d in waiting:
+                d.callback(None)
+
+        request.notifyFinish().addBoth(lost)
+
+    def _stream(
+        self, request: server.Request, events: list[bytes], then: Callable[[], None] | None = None
+    ) -> Any:
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-cache")
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def send(index: int) -> None:
+            if gone:
+                return
+            if index < len(events):
+                request.write(events[index])
+                self.clock.callLater(self.gap, send, index + 1)
+            elif then is not None:
+                then()
+            else:
+                request.finish()
+
+        send(0)
+        return server.NOT_DONE_YET
+
+
+class _BigStream:
+    """
+    A push producer for a large stream, so the fake upstream's own memory
+    stays flat and only the gateway's behaviour is measured.
+    """
+
+    EVENT = b"data: " + b"x" * 1014 + b"\n\n"  # 1 KiB events
+
+    def __init__(self, request: server.Request, total: int) -> None:
+        self.request = request
+        self.left = total
+        self.paused = False
+        self.stopped = False
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addBoth(lambda _: setattr(self, "stopped", True))
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        from twisted.internet import reactor
+
+        batch = self.EVENT * 64
+        while not self.paused and not self.stopped and self.left > 0:
+            self.request.write(batch)
+            self.left -= len(batch)
+        if self.left <= 0 and not self.stopped:
+            self.stopped = True
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+__all__ = ["FakeUpstream", "Protocol", "deferLater"]
