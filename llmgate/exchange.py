@@ -15,6 +15,9 @@ from twisted.web.http_headers import Headers
 from llmgate.sse import ServerSentEvent
 
 
+_UNPARSED = object()
+
+
 def new_exchange_id() -> str:
     """
     A random id, unique across processes and machines (128 bits).
@@ -99,14 +102,14 @@ class Exchange:
     usage: dict[str, int] | None = None
     #: Free space for middleware, keyed by middleware name.
     notes: dict[str, Any] = attrs.field(factory=dict)
-    _json: Any = attrs.field(default=attrs.NOTHING, init=False)
+    _json: Any = attrs.field(default=_UNPARSED, init=False, repr=False)
 
     @property
     def request_json(self) -> Any:
         """
         The request body parsed as JSON, once; None when it is not JSON.
         """
-        if self._json is attrs.NOTHING:
+        if self._json is _UNPARSED:
             try:
                 self._json = json.loads(self.request.body) if self.request.body else None
             except (ValueError, UnicodeDecodeError, RecursionError):
@@ -117,7 +120,7 @@ class Exchange:
         """
         Forget the parsed body, after a middleware replaced it.
         """
-        self._json = attrs.NOTHING
+        self._json = _UNPARSED
 
     @property
     def model(self) -> str | None:

@@ -331,20 +331,20 @@ class Call:
         relay.done.addCallback(self._relay_ended)
         response.deliverBody(relay)
 
-    def _relay_ended(self, reason: Failure | None) -> None:
+    def _relay_ended(self, reason: BaseException | None) -> None:
         if self._done:
             return
         exchange = self.exchange
         if reason is None:
             self._finish()
             return
-        if reason.check(ClientGone):
+        if isinstance(reason, ClientGone):
             # The channel is closing: the request must not be finished.
             exchange.client_gone = True
             exchange.error, exchange.error_kind = "client disconnected", "client_gone"
             self._complete()
             return
-        kind = classify(reason)
+        kind = classify(Failure(reason))
         record = exchange.response
         if kind == "stream_idle":
             message = f"upstream stream idle for {self.forwarder.config.llm.idle_timeout:g}s"

@@ -41,8 +41,8 @@ class Relay(Protocol):
     Relay an upstream response body to a client request.
 
     :ivar done: fires with None when the upstream body ended cleanly, or with
-        the :class:`Failure` that ended it (``StreamIdle`` after an idle
-        timeout, ``ClientGone`` after :meth:`stop`); it never errbacks.
+        the exception that ended it (``StreamIdle`` after an idle timeout,
+        ``ClientGone`` after :meth:`stop`); it never errbacks.
     """
 
     log = Logger()
@@ -69,7 +69,7 @@ class Relay(Protocol):
         self._registered = False
         self._paused = False
         self.stopped = False
-        self.done: Deferred[Failure | None] = Deferred()
+        self.done: Deferred[BaseException | None] = Deferred()
 
     # -- Protocol: the upstream body ------------------------------------------
 
@@ -94,7 +94,7 @@ class Relay(Protocol):
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
-            self.done.callback(reason)
+            self.done.callback(reason.value)
 
     # -- IPushProducer: the client side ---------------------------------------
 
@@ -135,7 +135,7 @@ class Relay(Protocol):
         if self.transport is not None:
             self.transport.stopProducing()
         if not self.done.called:
-            self.done.callback(Failure(ClientGone()))
+            self.done.callback(ClientGone())
 
     def _timedOut(self) -> None:
         self._idle = None
@@ -145,9 +145,7 @@ class Relay(Protocol):
         self._unregister()
         if self.transport is not None:
             self.transport.stopProducing()
-        self.done.callback(
-            Failure(StreamIdle(f"no data from upstream for {self._idle_timeout:g}s"))
-        )
+        self.done.callback(StreamIdle(f"no data from upstream for {self._idle_timeout:g}s"))
 
     def _cancelIdle(self) -> None:
         if self._idle is not None:

@@ -6,6 +6,8 @@ listening service, under one ``MultiService``.
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from twisted.application import strports
@@ -108,6 +110,9 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        # Services start before the reactor installs its own signal
+        # handlers; take SIGTERM over once it has.
+        self.parts.reactor.callWhenRunning(self._take_sigterm)
         config = self.config
         self.log.info(
             "llmgate {version} listening on {listen}, relaying to {upstream} "
@@ -120,6 +125,21 @@ class GatewayService(MultiService):
             middleware=", ".join(m.type for m in config.middlewares if m.enabled)
             or "none",
         )
+
+    def _take_sigterm(self) -> None:
+        """
+        Make SIGTERM a normal stop: twistd would re-raise the signal after
+        shutting down, ending with status 143 where supervisors expect 0.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        reactor = self.parts.reactor
+
+        def stop(signum: int, frame: Any) -> None:
+            self.log.info("SIGTERM received: stopping")
+            reactor.callFromThread(reactor.stop)
+
+        signal.signal(signal.SIGTERM, stop)
 
     def stopService(self) -> Any:
         d = super().stopService()
