@@ -460,3 +460,7 @@ class _Section:
         if not low <= value <= high:
             self.fail(key, value, f"is out of range ({low:g} to {high:g})")
         return float(value)
+
+
+#: Typed, field-naming access to a mapping, for middleware configs.
+Section = _Section

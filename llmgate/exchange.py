@@ -103,6 +103,34 @@ class Exchange:
     #: Free space for middleware, keyed by middleware name.
     notes: dict[str, Any] = attrs.field(factory=dict)
     _json: Any = attrs.field(default=_UNPARSED, init=False, repr=False)
+    _answer: Any = attrs.field(default=_UNPARSED, init=False, repr=False)
+
+    @property
+    def answer(self) -> dict[str, Any] | None:
+        """
+        The assistant message of a successful answer, reassembled once from
+        the body or the stream's events, in the provider's message shape;
+        None for a failed call or one that is not a chat answer.
+        """
+        if self._answer is _UNPARSED:
+            self._answer = None
+            response = self.response
+            if (
+                response is not None
+                and self.error is None
+                and 200 <= response.status < 300
+                and not response.truncated
+            ):
+                from llmgate.answer import StreamAnswer, answer_from_body
+
+                if response.streaming:
+                    assembler = StreamAnswer(self.provider)
+                    for event in response.events:
+                        assembler.feed(event)
+                    self._answer = assembler.result()
+                else:
+                    self._answer = answer_from_body(self.provider, response.body)
+        return self._answer
 
     @property
     def request_json(self) -> Any:

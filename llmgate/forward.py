@@ -220,6 +220,7 @@ class Call:
         self._timed_out = False
         self._retried = False
         self._relay: Relay | None = None
+        self._observer: Observer | None = None
         self._done = False
 
     def start(self) -> Deferred[None]:
@@ -322,7 +323,7 @@ class Call:
             set_header(name, values)
         if exchange.session_id is not None:
             set_header(b"x-llmgate-session-id", [exchange.session_id.encode("ascii")])
-        observer = Observer(
+        self._observer = observer = Observer(
             exchange, record, forwarder.pipeline, forwarder.clock, forwarder.capture_limit
         )
         self._relay = relay = Relay(
@@ -384,6 +385,10 @@ class Call:
 
     def _write_and_finish(self, body: bytes) -> None:
         self.request.setHeader(b"content-length", b"%d" % (len(body),))
+        if self.exchange.session_id is not None:
+            self.request.setHeader(
+                b"x-llmgate-session-id", self.exchange.session_id.encode("ascii")
+            )
         self.request.write(body)
         self._finish()
 
@@ -402,6 +407,8 @@ class Call:
         self._cancel_timer()
         exchange = self.exchange
         exchange.ended_at = self.forwarder.clock.seconds()
+        if self._observer is not None:
+            self._observer.finish()
         self.forwarder.open_calls.pop(exchange.id, None)
         self.forwarder.pipeline.exchange_finished(exchange)
         return True

@@ -55,6 +55,14 @@ class IMiddleware(Interface):
         events are final.
         """
 
+    def close():
+        """
+        The gateway is stopping: finish pending work (flush traces) and
+        release resources.
+
+        :return: None, or a Deferred that fires when done.
+        """
+
     def state():
         """
         A small JSON-able mapping of live state for ``/config`` and the
@@ -78,4 +86,49 @@ class IMiddlewareFactory(Interface):
             the reactor, the gateway's configuration and shared services.
         :raises llmgate.config.ConfigError: naming the bad field.
         :return: a provider of :class:`IMiddleware`.
+        """
+
+
+class ISessionStore(Interface):
+    """
+    Where session state lives: which conversation states (keys) belong to
+    which session.  Methods may return their result or a Deferred of it, so
+    a shared network store fits behind the same interface.
+    """
+
+    def find(keys):
+        """
+        The first of ``keys`` (in order) that is known.
+
+        :param keys: a sequence of bytes keys.
+        :return: ``(index, session_id, is_latest)`` for the first known key,
+            where ``is_latest`` says the key is its session's most recent
+            state; or None.
+        """
+
+    def remember(session_id, keys, latest=True):
+        """
+        Record that ``keys`` now lead to ``session_id``; with ``latest``, as
+        its most recent state.  A key already held by a live session keeps its first owner
+        (claims are first-come), so concurrent identical conversations are
+        never merged by a race.
+        """
+
+    def new_session():
+        """
+        Start a session.
+
+        :return: its new id (str).
+        """
+
+    def touch(session_id):
+        """
+        Note a call in ``session_id`` (it stays alive for another TTL), and
+        create it if the client named it itself.
+        """
+
+    def stats():
+        """
+        A mapping of counters for ``/metrics``: ``active_sessions``,
+        ``sessions_created``, ``sessions_expired``, ``sessions_evicted``.
         """

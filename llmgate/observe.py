@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from llmgate.exchange import Exchange, ResponseRecord
 from llmgate.pipeline import Pipeline
 from llmgate.sse import SSEError, SSEParser
+from llmgate.usage import StreamUsage, usage_from_body
 
 
 class Observer:
@@ -42,6 +43,7 @@ class Observer:
         self._room = capture_limit
         self._decoder = _decoder_for(record.header(b"content-encoding"))
         self._parser = SSEParser() if record.streaming else None
+        self._usage = StreamUsage(exchange.provider) if record.streaming else None
 
     def __call__(self, data: bytes) -> None:
         exchange = self._exchange
@@ -72,8 +74,11 @@ class Observer:
             self._parser = None
             record.truncated = True
             return
+        usage = self._usage
         for event in events:
             record.event_count += 1
+            if usage is not None:
+                usage.feed(event)
             if self._room > 0:
                 record.events.append(event)
                 self._room -= len(event.data) + len(event.event)
@@ -81,6 +86,19 @@ class Observer:
                 record.truncated = True
             if self._pipeline.wants_events:
                 self._pipeline.event_received(exchange, event)
+
+
+    def finish(self) -> None:
+        """
+        The body ended: settle the exchange's token usage.
+        """
+        usage = None
+        if self._usage is not None:
+            usage = self._usage.result()
+        elif self._record.body and not self._record.truncated:
+            usage = usage_from_body(self._exchange.provider, self._record.body)
+        if usage is not None:
+            self._exchange.usage = usage.as_dict()
 
 
 def _decoder_for(encoding: bytes | None) -> zlib._Decompress | None:

@@ -115,6 +115,20 @@ class Pipeline:
             except Exception:
                 self._failed(middleware, "exchange_finished", Failure())
 
+    def close(self) -> Deferred[None]:
+        """
+        Close every middleware, last first; fires when all are done.
+        """
+        from twisted.internet.defer import DeferredList, maybeDeferred
+
+        closing = [
+            maybeDeferred(middleware.close).addErrback(
+                lambda failure, m=middleware: self._failed(m, "close", failure)
+            )
+            for middleware in reversed(self.middlewares)
+        ]
+        return DeferredList(closing).addCallback(lambda _: None)
+
     def _failed(self, middleware: Any, hook: str, failure: Failure) -> None:
         name = getattr(middleware, "name", type(middleware).__name__)
         self.errors[name] += 1

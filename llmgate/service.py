@@ -24,6 +24,9 @@ from llmgate.middleware.registry import build_middlewares
 from llmgate.pipeline import Pipeline
 from llmgate.providers import provider_for
 from llmgate.server import GatewaySite
+from llmgate.sessions.detect import SessionDetector
+from llmgate.sessions.memory import MemorySessionStore
+from llmgate.sessions.stage import SessionStage
 
 
 class GatewayParts:
@@ -39,7 +42,15 @@ class GatewayParts:
         self.pool = make_pool(reactor, config)
         self.agent = make_agent(reactor, self.pool, connect_timeout=config.llm.timeout)
         self.middlewares = build_middlewares(config, reactor)
-        self.pipeline = Pipeline(self.middlewares)
+        self.sessions: SessionStage | None = None
+        stages: list[Any] = []
+        if config.session.enabled:
+            store = MemorySessionStore(
+                reactor, config.session.max_sessions, config.session.session_ttl_seconds
+            )
+            self.sessions = SessionStage(SessionDetector(store, config.session))
+            stages.append(self.sessions)
+        self.pipeline = Pipeline([*stages, *self.middlewares])
         self.forwarder = Forwarder(
             self.agent, config, self.provider, self.pipeline, reactor
         )
@@ -81,6 +92,7 @@ class GatewayParts:
             "requests_in_flight": len(self.forwarder.open_calls),
             "requests_refused_body_too_large": self.site.refused_bodies,
             "middleware_errors": dict(self.pipeline.errors),
+            "sessions": dict(self.sessions.state()) if self.sessions else None,
         }
 
 
@@ -144,7 +156,9 @@ class GatewayService(MultiService):
     def stopService(self) -> Any:
         d = super().stopService()
 
-        def close_pool(result: Any) -> Any:
-            return self.parts.pool.closeCachedConnections()
+        def close(result: Any) -> Any:
+            closing = self.parts.pipeline.close()
+            closing.addCallback(lambda _: self.parts.pool.closeCachedConnections())
+            return closing
 
-        return d.addBoth(close_pool)
+        return d.addBoth(close)

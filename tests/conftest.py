@@ -77,4 +77,5 @@ def make_gateway(upstream: Running) -> Iterator[Callable[..., Running]]:
     for running in started:
         pytest_twisted.blockon(running.port.stopListening())
         assert running.parts is not None
+        pytest_twisted.blockon(running.parts.pipeline.close())
         pytest_twisted.blockon(running.parts.pool.closeCachedConnections())

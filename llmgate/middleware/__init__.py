@@ -51,5 +51,8 @@ class Middleware:
     def exchange_finished(self, exchange: Exchange) -> None:
         pass
 
+    def close(self) -> Any:
+        return None
+
     def state(self) -> Mapping[str, Any]:
         return {}

@@ -1,0 +1,137 @@
+"""
+The printer middleware: one log line per request and one per response,
+through ``twisted.logger`` with format fields, so the JSON log format keeps
+every value as a field of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from twisted.logger import Logger
+
+from llmgate.config import Section
+from llmgate.exchange import Exchange
+from llmgate.middleware import Middleware, MiddlewareContext
+from llmgate.redact import Scrubber
+
+#: Characters of a body shown with ``log_body``.
+BODY_PREVIEW = 2000
+
+
+def build(config: Mapping[str, Any], context: MiddlewareContext) -> "PrinterMiddleware":
+    section = Section(dict(config), "")
+    section.allow({"log_requests", "log_responses", "log_body", "max_body_chars"})
+    return PrinterMiddleware(
+        log_requests=section.boolean("log_requests", True),
+        log_responses=section.boolean("log_responses", True),
+        log_body=section.boolean("log_body", False),
+        max_body_chars=section.integer("max_body_chars", BODY_PREVIEW, 0, 10**7),
+        scrubber=Scrubber([context.config.llm.api_key]),
+    )
+
+
+def _preview(body: bytes | bytearray, limit: int, scrub: Scrubber) -> str:
+    text = bytes(body[: limit * 4]).decode("utf-8", "replace")
+    if len(text) > limit or len(body) > limit * 4:
+        text = text[:limit] + f"... [{len(body)} bytes]"
+    return scrub(text)
+
+
+class PrinterMiddleware(Middleware):
+    name = "printer"
+    log = Logger(namespace="llmgate.printer")
+
+    def __init__(
+        self,
+        log_requests: bool = True,
+        log_responses: bool = True,
+        log_body: bool = False,
+        max_body_chars: int = BODY_PREVIEW,
+        scrubber: Scrubber | None = None,
+    ) -> None:
+        self.log_requests = log_requests
+        self.log_responses = log_responses
+        self.log_body = log_body
+        self.max_body_chars = max_body_chars
+        self.scrub = scrubber or Scrubber()
+        self.lines = 0
+
+    def request_received(self, exchange: Exchange) -> None:
+        if not self.log_requests:
+            return None
+        request = exchange.request
+        fields: dict[str, Any] = dict(
+            exchange_id=exchange.id,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"),
+            model=exchange.model,
+            stream=exchange.stream_requested,
+            session_id=exchange.session_id,
+            body_bytes=len(request.body),
+        )
+        if self.log_body:
+            self.log.info(
+                "-> {method} {path} model={model} stream={stream} session={session_id} "
+                "id={exchange_id} body={body}",
+                body=_preview(request.body, self.max_body_chars, self.scrub),
+                **fields,
+            )
+        else:
+            self.log.info(
+                "-> {method} {path} model={model} stream={stream} session={session_id} "
+                "id={exchange_id}",
+                **fields,
+            )
+        self.lines += 1
+        return None
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        if not self.log_responses:
+            return
+        request = exchange.request
+        response = exchange.response
+        usage = exchange.usage or {}
+        fields: dict[str, Any] = dict(
+            exchange_id=exchange.id,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"),
+            status=response.status if response is not None else None,
+            duration_ms=_ms(exchange.duration),
+            ttfb_ms=_ms(exchange.ttfb),
+            input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"),
+            session_id=exchange.session_id,
+            error=exchange.error,
+            events=response.event_count if response is not None else 0,
+        )
+        text = (
+            "<- {status} {method} {path} {duration_ms}ms ttfb={ttfb_ms}ms "
+            "tokens={input_tokens}/{output_tokens} session={session_id} id={exchange_id}"
+        )
+        if exchange.error is not None:
+            text += " error={error}"
+        if self.log_body and response is not None:
+            if response.streaming:
+                body = "".join(event.data for event in response.events).encode("utf-8")
+            else:
+                body = bytes(response.body)
+            text += " body={body}"
+            fields["body"] = _preview(body, self.max_body_chars, self.scrub)
+        if exchange.error is not None:
+            self.log.warn(text, **fields)
+        else:
+            self.log.info(text, **fields)
+        self.lines += 1
+
+    def state(self) -> Mapping[str, Any]:
+        return {
+            "log_requests": self.log_requests,
+            "log_responses": self.log_responses,
+            "log_body": self.log_body,
+            "lines_logged": self.lines,
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)

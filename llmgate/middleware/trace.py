@@ -1,0 +1,386 @@
+"""
+The trace middleware: every exchange saved as one JSON file.
+
+The reactor thread only takes a snapshot of the finished exchange and hands
+it to a bounded queue; a single writer thread builds the document, scrubs
+secrets, writes a temporary file and renames it into place.  Under overload
+traces are dropped and counted, never queued without bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import deque
+from typing import Any, Mapping
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from llmgate.answer import StreamAnswer, answer_from_body
+from llmgate.config import ConfigError, Section
+from llmgate.exchange import Exchange
+from llmgate.middleware import Middleware, MiddlewareContext
+from llmgate.redact import REDACTED, Scrubber, redact_headers
+
+SUFFIX = ".json"
+
+
+def build(config: Mapping[str, Any], context: MiddlewareContext) -> "TraceMiddleware":
+    section = Section(dict(config), "")
+    section.allow(
+        {
+            "directory", "include_headers", "include_body", "max_body_size",
+            "max_files", "max_age_seconds", "max_queue",
+        }
+    )
+    directory = section.string("directory", "./traces")
+    max_files = section.get("max_files", None)
+    max_age = section.get("max_age_seconds", None)
+    middleware = TraceMiddleware(
+        reactor=context.reactor,
+        directory=directory,
+        include_headers=section.boolean("include_headers", True),
+        include_body=section.boolean("include_body", True),
+        max_body_size=section.integer("max_body_size", 1024 * 1024, 0, 2**31),
+        max_files=None if max_files is None else section.integer("max_files", 0, 1, 10**9),
+        max_age_seconds=None
+        if max_age is None
+        else section.number("max_age_seconds", 0, 1, 10**10),
+        max_queue=section.integer("max_queue", 1000, 1, 10**6),
+        scrubber=Scrubber([context.config.llm.api_key]),
+        extra_secret_headers=frozenset(
+            [context.config.llm.auth_header] if context.config.llm.auth_header else []
+        ),
+    )
+    return middleware
+
+
+def check_directory(directory: str) -> None:
+    """
+    Make sure traces can be written there, at start-up.
+
+    :raises ConfigError: naming the directory and why not.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".llmgate-probe-", dir=directory)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(
+            f"directory: trace directory {directory!r} is not writable "
+            f"({error.strerror or error})"
+        ) from None
+
+
+class TraceMiddleware(Middleware):
+    """
+    Write one JSON file per exchange.
+
+    :ivar written: files written.
+    :ivar failed: writes that failed (disk full, directory gone...).
+    :ivar dropped: traces dropped because the queue was full.
+    """
+
+    name = "trace"
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        directory: str,
+        include_headers: bool = True,
+        include_body: bool = True,
+        max_body_size: int = 1024 * 1024,
+        max_files: int | None = None,
+        max_age_seconds: float | None = None,
+        max_queue: int = 1000,
+        scrubber: Scrubber | None = None,
+        extra_secret_headers: frozenset[str] = frozenset(),
+    ) -> None:
+        check_directory(directory)
+        self.reactor = reactor
+        self.directory = os.path.abspath(directory)
+        self.include_headers = include_headers
+        self.include_body = include_body
+        self.max_body_size = max_body_size
+        self.max_files = max_files
+        self.max_age_seconds = max_age_seconds
+        self.max_queue = max_queue
+        self.scrub = scrubber or Scrubber()
+        self.extra_secret_headers = extra_secret_headers
+        self.written = 0
+        self.failed = 0
+        self.dropped = 0
+        self.pending = 0
+        self._idle: list[Deferred[None]] = []
+        self._files: deque[str] = deque(self._existing_files())
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="llmgate-trace")
+        self._pool.start()
+        self._trigger = reactor.addSystemEventTrigger("after", "shutdown", self._stop_pool)
+
+    # -- the middleware ---------------------------------------------------------
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        if self.pending >= self.max_queue:
+            self.dropped += 1
+            return
+        snapshot = self._snapshot(exchange)
+        self.pending += 1
+        d = deferToThreadPool(self.reactor, self._pool, self._write, snapshot)
+        d.addCallbacks(self._wrote, self._write_failed)
+
+    def state(self) -> Mapping[str, Any]:
+        return {
+            "directory": self.directory,
+            "files_written": self.written,
+            "write_failures": self.failed,
+            "dropped": self.dropped,
+            "queued": self.pending,
+        }
+
+    def close(self) -> Deferred[None]:
+        """
+        Write what is queued, then stop the writer thread.
+        """
+
+        def stop(_: Any) -> None:
+            self._stop_pool()
+            try:
+                self.reactor.removeSystemEventTrigger(self._trigger)
+            except (ValueError, KeyError, TypeError):
+                pass
+
+        return self.flush().addCallback(stop)
+
+    def _stop_pool(self) -> None:
+        if self._pool.started:
+            self._pool.stop()
+
+    def flush(self) -> Deferred[None]:
+        """
+        A Deferred that fires when every queued trace is on disk (or failed).
+        """
+        if self.pending == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    # -- reactor thread: cheap ------------------------------------------------
+
+    def _snapshot(self, exchange: Exchange) -> dict[str, Any]:
+        """
+        The exchange's final values, copied so the writer thread never
+        touches live objects.
+        """
+        response = exchange.response
+        return {
+            "id": exchange.id,
+            "wall_time": time.time(),
+            "provider": exchange.provider,
+            "method": exchange.request.method,
+            "path": exchange.request.path,
+            "query": exchange.request.query,
+            "request_headers": list(exchange.request.headers.getAllRawHeaders()),
+            "request_body": exchange.request.body,
+            "status": response.status if response else None,
+            "response_headers": list(response.headers) if response else [],
+            "streaming": response.streaming if response else False,
+            "response_body": bytes(response.body) if response else b"",
+            "body_size": response.body_size if response else 0,
+            "events": list(response.events) if response else [],
+            "event_count": response.event_count if response else 0,
+            "truncated": response.truncated if response else False,
+            "session_id": exchange.session_id,
+            "model": exchange.model,
+            "usage": exchange.usage,
+            "duration": exchange.duration,
+            "ttfb": exchange.ttfb,
+            "error": exchange.error,
+            "error_kind": exchange.error_kind,
+            "client_gone": exchange.client_gone,
+        }
+
+    def _wrote(self, path: str) -> None:
+        self.written += 1
+        self._settled()
+
+    def _write_failed(self, failure: Any) -> None:
+        self.failed += 1
+        self.log.error(
+            "trace write failed in {directory}: {error}",
+            directory=self.directory,
+            error=str(failure.value),
+        )
+        self._settled()
+
+    def _settled(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    # -- writer thread --------------------------------------------------------
+
+    def _write(self, snap: dict[str, Any]) -> str:
+        document = self._document(snap)
+        text = self.scrub(json.dumps(document, ensure_ascii=False, default=str))
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(snap["wall_time"]))
+        micros = int((snap["wall_time"] % 1) * 1_000_000)
+        name = f"{stamp}.{micros:06d}Z-{snap['id']}{SUFFIX}"
+        path = os.path.join(self.directory, name)
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=self.directory)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.write(text)
+            os.replace(temporary, path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+        self._files.append(path)
+        self._retire(snap["wall_time"])
+        return path
+
+    def _document(self, snap: dict[str, Any]) -> dict[str, Any]:
+        provider = snap["provider"]
+        request: dict[str, Any] = {
+            "method": snap["method"].decode("ascii", "replace"),
+            "path": snap["path"].decode("utf-8", "replace"),
+            "query": snap["query"].decode("utf-8", "replace"),
+        }
+        response: dict[str, Any] | None = None
+        if snap["status"] is not None:
+            response = {"status": snap["status"]}
+        if self.include_headers:
+            request["headers"] = redact_headers(snap["request_headers"], self.extra_secret_headers)
+            if response is not None:
+                response["headers"] = redact_headers(
+                    snap["response_headers"], self.extra_secret_headers
+                )
+        if self.include_body:
+            request.update(self._body("body", snap["request_body"], len(snap["request_body"])))
+            if response is not None:
+                if snap["streaming"]:
+                    response.update(self._events(snap))
+                    assembler = StreamAnswer(provider)
+                    for event in snap["events"]:
+                        assembler.feed(event)
+                    response["message"] = assembler.result()
+                else:
+                    response.update(
+                        self._body("body", snap["response_body"], snap["body_size"])
+                    )
+                    response["message"] = answer_from_body(provider, snap["response_body"])
+        document: dict[str, Any] = {
+            "id": snap["id"],
+            "timestamp": time.strftime(
+                "%Y-%m-%dT%H:%M:%S", time.gmtime(snap["wall_time"])
+            )
+            + f".{int((snap['wall_time'] % 1) * 1000):03d}Z",
+            "provider": provider,
+            "model": snap["model"],
+            "session_id": snap["session_id"],
+            "request": request,
+            "response": response,
+            "usage": snap["usage"],
+            "duration_ms": _ms(snap["duration"]),
+            "ttfb_ms": _ms(snap["ttfb"]),
+        }
+        if snap["error"] is not None:
+            document["error"] = {"kind": snap["error_kind"], "message": snap["error"]}
+        return document
+
+    def _body(self, key: str, body: bytes, size: int) -> dict[str, Any]:
+        """
+        A body as JSON where it is JSON, as text otherwise; cut at
+        ``max_body_size`` with a marker saying how much there was.
+        """
+        limit = self.max_body_size
+        if len(body) > limit or size > len(body):
+            text = body[:limit].decode("utf-8", "replace")
+            return {
+                key: text,
+                f"{key}_truncated": {"size": max(size, len(body)), "kept": min(limit, len(body))},
+            }
+        try:
+            return {key: json.loads(body)} if body else {key: None}
+        except (ValueError, RecursionError):
+            return {key: body.decode("utf-8", "replace")}
+
+    def _events(self, snap: dict[str, Any]) -> dict[str, Any]:
+        kept = []
+        room = self.max_body_size
+        for event in snap["events"]:
+            room -= len(event.data)
+            if room < 0:
+                break
+            kept.append({"event": event.event, "data": _maybe_json(event.data)})
+        result: dict[str, Any] = {"events": kept}
+        if len(kept) < snap["event_count"] or snap["truncated"]:
+            result["events_truncated"] = {"count": snap["event_count"], "kept": len(kept)}
+        return result
+
+    def _existing_files(self) -> list[str]:
+        """
+        Trace files already present, oldest first: read once at start, so
+        retention never scans the directory on a request.
+        """
+        if self.max_files is None and self.max_age_seconds is None:
+            return []
+        names = sorted(
+            name
+            for name in os.listdir(self.directory)
+            if name.endswith(SUFFIX) and not name.startswith(".")
+        )
+        return [os.path.join(self.directory, name) for name in names]
+
+    def _retire(self, now: float) -> None:
+        """
+        Remove the oldest traces beyond ``max_files`` or ``max_age_seconds``.
+        File names begin with their UTC time, so age needs no stat call.
+        """
+        files = self._files
+        if self.max_files is None and self.max_age_seconds is None:
+            files.clear()
+            return
+        while files and self.max_files is not None and len(files) > self.max_files:
+            _unlink(files.popleft())
+        if self.max_age_seconds is not None:
+            cutoff = time.strftime(
+                "%Y%m%dT%H%M%S", time.gmtime(now - self.max_age_seconds)
+            )
+            while files and os.path.basename(files[0])[:15] < cutoff:
+                _unlink(files.popleft())
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _maybe_json(data: str) -> Any:
+    if data[:1] in ("{", "["):
+        try:
+            return json.loads(data)
+        except ValueError:
+            pass
+    return data
+
+
+__all__ = ["TraceMiddleware", "build", "check_directory", "REDACTED"]

@@ -1,0 +1,67 @@
+"""
+Keeping secrets out of everything the gateway writes: traces, logs, errors.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+#: Header names whose values are credentials, in either direction.
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+        "set-cookie",
+    }
+)
+
+REDACTED = "[redacted]"
+
+
+class Scrubber:
+    """
+    Replace known secret strings (the configured API key, client tokens)
+    wherever they appear in text.
+
+    :param secrets: the strings to hide; empty and very short ones are
+        ignored, since hiding them would mangle ordinary text.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._secrets = tuple(
+            sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        )
+
+    def add(self, secret: str | None) -> None:
+        if secret and len(secret) >= 6 and secret not in self._secrets:
+            self._secrets = tuple(sorted((*self._secrets, secret), key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+
+def redact_headers(
+    headers: Iterable[tuple[bytes, Sequence[bytes]]], extra: frozenset[str] = frozenset()
+) -> dict[str, list[str]]:
+    """
+    Headers as a JSON-able mapping, credential values replaced.
+
+    :param extra: more lower-case names to redact (``llm.auth_header``).
+    """
+    result: dict[str, list[str]] = {}
+    for name, values in headers:
+        key = name.decode("latin-1").lower()
+        if key in SECRET_HEADERS or key in extra:
+            result[key] = [REDACTED for _ in values]
+        else:
+            result.setdefault(key, []).extend(v.decode("latin-1") for v in values)
+    return result

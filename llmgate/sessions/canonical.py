@@ -1,0 +1,295 @@
+"""
+Conversation histories reduced to what identifies them: one strong digest
+per message, the same whichever API shape carried the message and however a
+client re-serialises an answer it got (string or text blocks, extra null
+fields, surrounding whitespace).
+
+Pure functions over parsed JSON; nothing here raises on any input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable, Sequence
+
+import attrs
+
+DIGEST_SIZE = 16  # 128-bit BLAKE2b: collision-free for any realistic traffic
+
+
+def digest(*parts: Any) -> bytes:
+    """
+    A 128-bit digest of JSON-able parts.
+    """
+    text = json.dumps(parts, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=DIGEST_SIZE).digest()
+
+
+@attrs.frozen
+class History:
+    """
+    A request's conversation, reduced.
+
+    :ivar system: digest of the system prompt (or of nothing).
+    :ivar messages: the messages in order, each kept as its parsed JSON so it
+        is reduced and digested only when a key needs it (see :class:`Digests`).
+    :ivar provider: which canonicaliser applies to ``messages``.
+    :ivar previous_response_id: OpenAI Responses API's server-side history.
+    """
+
+    system: bytes
+    messages: Sequence[Any]
+    provider: str
+    previous_response_id: str | None = None
+
+    def last_user_text(self) -> str:
+        """
+        The text of the last user message, lower-cased, for reset phrases.
+        """
+        for message in reversed(self.messages):
+            reduced = reduce_message(self.provider, message)
+            if reduced and reduced[0] == "user":
+                return " ".join(
+                    part[1] for part in reduced[1] if part and part[0] == "text"
+                ).lower()
+        return ""
+
+
+class Digests:
+    """
+    Message digests of one history, computed on first use and kept, so a
+    lookup that only looks near the end of a long history hashes only there.
+    """
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self._cache: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.history.messages)
+
+    def __getitem__(self, index: int) -> bytes:
+        cached = self._cache.get(index)
+        if cached is None:
+            message = self.history.messages[index]
+            cached = self._cache[index] = digest(
+                reduce_message(self.history.provider, message)
+            )
+        return cached
+
+
+def history_of(provider: str, path: bytes, body: Any) -> History | None:
+    """
+    The conversation a request carries, or None when it carries none (a
+    models listing, an embedding, a body that is not JSON).
+    """
+    if not isinstance(body, dict):
+        return None
+    try:
+        if provider == "anthropic" or "/messages" in path.decode("ascii", "replace") and "system" in body:
+            return _anthropic_history(body)
+        if isinstance(body.get("messages"), list):
+            return _openai_chat_history(body)
+        if "input" in body or "previous_response_id" in body:
+            return _openai_responses_history(body)
+    except RecursionError:
+        return None
+    return None
+
+
+def _anthropic_history(body: dict[str, Any]) -> History | None:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    system = body.get("system")
+    return History(
+        system=digest("system", _reduce_content(system)),
+        messages=messages,
+        provider="anthropic",
+    )
+
+
+def _openai_chat_history(body: dict[str, Any]) -> History:
+    messages = body["messages"]
+    system_parts = []
+    start = 0
+    # Leading system/developer messages are the prompt, not turns.
+    while start < len(messages) and _role(messages[start]) == "system":
+        system_parts.append(_reduce_content(messages[start].get("content")))
+        start += 1
+    return History(
+        system=digest("system", system_parts),
+        messages=messages[start:],
+        provider="openai",
+    )
+
+
+def _openai_responses_history(body: dict[str, Any]) -> History:
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    elif not isinstance(items, list):
+        items = []
+    # Clients may or may not send reasoning items back: they never count.
+    items = [i for i in items if not (isinstance(i, dict) and i.get("type") == "reasoning")]
+    previous = body.get("previous_response_id")
+    return History(
+        system=digest("system", _reduce_content(body.get("instructions"))),
+        messages=items,
+        provider="openai",
+        previous_response_id=previous if isinstance(previous, str) else None,
+    )
+
+
+def _role(message: Any) -> str | None:
+    if not isinstance(message, dict):
+        return None
+    role = message.get("role")
+    if role in ("system", "developer"):
+        return "system"
+    return role if isinstance(role, str) else None
+
+
+def reduce_message(provider: str, message: Any) -> Any:
+    """
+    A message reduced to what makes it that message: its role, its text,
+    tool calls and results, and digests of media; never formatting, null
+    fields or thinking blocks that clients drop or rewrite.
+    """
+    if not isinstance(message, dict):
+        return ("raw", repr(message)[:10_000])
+    kind = message.get("type")
+    if kind in ("function_call", "function_call_output", "reasoning", "message") or (
+        kind is not None and "role" not in message
+    ):
+        return _reduce_response_item(message)
+    role = _role(message) or "unknown"
+    parts = _reduce_content(message.get("content"))
+    tool_calls = message.get("tool_calls")
+    if isinstance(tool_calls, list):
+        for call in tool_calls:
+            if isinstance(call, dict):
+                function = call.get("function") or {}
+                if not isinstance(function, dict):
+                    function = {}
+                parts.append(
+                    (
+                        "tool_use",
+                        call.get("id"),
+                        function.get("name"),
+                        _normal_json_text(function.get("arguments")),
+                    )
+                )
+    if role == "tool":
+        parts.insert(0, ("tool_result_for", message.get("tool_call_id")))
+        role = "user"  # a tool result answers like a user turn in every API
+    return (role, parts)
+
+
+def _reduce_response_item(item: dict[str, Any]) -> Any:
+    kind = item.get("type")
+    if kind == "function_call":
+        return (
+            "assistant",
+            [("tool_use", item.get("call_id"), item.get("name"), _normal_json_text(item.get("arguments")))],
+        )
+    if kind == "function_call_output":
+        return ("user", [("tool_result_for", item.get("call_id")), *_reduce_content(item.get("output"))])
+    if kind == "reasoning":
+        return ("assistant", [])
+    role = _role(item) or "assistant"
+    return (role, _reduce_content(item.get("content")))
+
+
+def _reduce_content(content: Any) -> list[Any]:
+    """
+    Content as a list of parts, with adjacent text merged and stripped, so
+    ``"hi"`` and ``[{"type": "text", "text": "hi"}]`` are the same.
+    """
+    if content is None:
+        return []
+    if isinstance(content, str):
+        text = content.strip()
+        return [("text", text)] if text else []
+    if not isinstance(content, list):
+        return [("raw", json.dumps(content, sort_keys=True, default=str)[:100_000])]
+    parts: list[Any] = []
+    texts: list[str] = []
+
+    def flush() -> None:
+        if texts:
+            text = "".join(texts).strip()
+            if text:
+                parts.append(("text", text))
+            texts.clear()
+
+    for block in content:
+        if isinstance(block, str):
+            texts.append(block)
+            continue
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind in ("text", "input_text", "output_text"):
+            text = block.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+            continue
+        if kind in ("thinking", "redacted_thinking", "reasoning", "refusal_delta"):
+            continue
+        flush()
+        if kind == "tool_use":
+            tool_input = block.get("input")
+            if isinstance(tool_input, str):  # a stream's unparsed partial JSON
+                parts.append(("tool_use", block.get("id"), block.get("name"), _normal_json_text(tool_input)))
+            else:
+                parts.append(("tool_use", block.get("id"), block.get("name"), _normal_json(tool_input)))
+        elif kind == "tool_result":
+            parts.append(("tool_result_for", block.get("tool_use_id")))
+            parts.extend(_reduce_content(block.get("content")))
+            if block.get("is_error"):
+                parts.append(("error",))
+        elif kind == "refusal":
+            parts.append(("text", str(block.get("refusal", "")).strip()))
+        else:
+            # Images, audio, documents, files: their bytes or address decide.
+            payload = {k: v for k, v in block.items() if k not in ("cache_control",)}
+            parts.append(("media", digest(payload).hex()))
+    flush()
+    return parts
+
+
+def _normal_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _normal_json_text(arguments: Any) -> str:
+    """
+    Tool-call arguments arrive as JSON text that clients may re-serialise:
+    compare them parsed where they parse.
+    """
+    if isinstance(arguments, str):
+        try:
+            return _normal_json(json.loads(arguments))
+        except (ValueError, RecursionError):
+            return arguments.strip()
+    return _normal_json(arguments)
+
+
+def answer_digests(provider: str, answer: Any) -> list[bytes]:
+    """
+    The digests of an answer as the client will send it back in its next
+    history: one message, or (Responses API) one item per output item.
+    """
+    if isinstance(answer, dict) and isinstance(answer.get("output"), list):
+        return [
+            digest(reduce_message(provider, item))
+            for item in answer["output"]
+            if not (isinstance(item, dict) and item.get("type") == "reasoning")
+        ]
+    return [digest(reduce_message(provider, answer))]
+
+
+def iter_reduced(provider: str, messages: Iterable[Any]) -> list[Any]:
+    return [reduce_message(provider, message) for message in messages]

@@ -1,0 +1,239 @@
+"""
+Deciding which session a call belongs to, from its history alone.
+
+A conversation *state* is a history that ends with an answer.  When a call
+completes, the state "its history + its answer" is remembered under two keys
+that name the session; a later call whose history starts with that state
+continues the session.  Keys are built from the digests of the messages next
+to the state's end (and the system prompt, the first message and the length),
+so a lookup hashes only the end of a history, whatever its length.  The rules,
+precisely, are in docs/sessions.md.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from llmgate.config import SessionConfig
+from llmgate.interfaces import ISessionStore
+from llmgate.sessions.canonical import Digests, History, answer_digests, digest
+
+#: Messages before a state's end that its keys cover.
+WINDOW = 3
+
+#: How many messages a client may add after an answer (a user turn, tool
+#: results of parallel calls) and still continue from it.
+MAX_NEW_MESSAGES = 32
+
+#: Non-system messages at most in a history where a reset phrase starts over.
+SHORT_HISTORY = 3
+
+# How a session was decided; the fuzzy ones are counted as fuzzy matches.
+HEADER = "header"
+CONTINUED = "continued"
+BRANCHED = "branched"  # from an earlier state: regeneration, edit
+RETRY = "retry"
+TRUNCATED = "truncated"  # oldest turns dropped by the client
+PREVIOUS_RESPONSE = "previous_response"
+NEW = "new"
+RESET = "reset"
+FUZZY = frozenset({BRANCHED, RETRY, TRUNCATED})
+
+
+@attrs.frozen
+class Decision:
+    session_id: str
+    how: str
+
+    @property
+    def fuzzy(self) -> bool:
+        return self.how in FUZZY
+
+
+@attrs.define
+class Pending:
+    """
+    What a call's completion needs to remember its state.
+    """
+
+    decision: Decision
+    history: History
+    digests: Digests
+    retry_key: bytes
+
+
+def _is_answer(message: Any) -> bool:
+    if not isinstance(message, dict):
+        return False
+    if message.get("role") == "assistant":
+        return True
+    return message.get("type") in ("function_call", "message") and message.get("role", "assistant") == "assistant"
+
+
+class SessionDetector:
+    """
+    Session decisions over a session store.
+
+    :ivar counts: decisions by kind, plus ``cache_hits``/``cache_misses``
+        and ``fuzzy_matches``.
+    """
+
+    def __init__(self, store: ISessionStore, config: SessionConfig) -> None:
+        self.store = store
+        self.config = config
+        self.reset_phrases = tuple(p.lower() for p in config.reset_phrases)
+        self.counts: Counter[str] = Counter()
+
+    # -- keys ---------------------------------------------------------------
+
+    @staticmethod
+    def _window(digests: Callable[[int], bytes], end: int) -> list[bytes | None]:
+        return [digests(i) if i >= 0 else None for i in range(end - WINDOW, end)]
+
+    def exact_key(self, history: History, first: bytes | None, end: int, window: list[Any]) -> bytes:
+        return digest("E", history.system.hex(), end, first.hex() if first else None, [w.hex() if w else None for w in window])
+
+    def fuzzy_key(self, history: History, window: list[Any]) -> bytes:
+        return digest("F", history.system.hex(), [w.hex() if w else None for w in window])
+
+    @staticmethod
+    def response_key(response_id: str) -> bytes:
+        return digest("P", response_id)
+
+    # -- a call arrives -------------------------------------------------------------
+
+    def begin(
+        self, history: History, named: str | None = None
+    ) -> tuple[Pending, Deferred[Decision] | Decision]:
+        """
+        Decide the session of a call.
+
+        :param named: a session id the client gave in ``x-llmgate-session-id``.
+        :return: the pending record for :meth:`complete`, and the decision (or
+            a Deferred of it, from a networked store).
+        """
+        digests = Digests(history)
+        count = len(digests)
+        get = digests.__getitem__
+        first = digests[0] if count else None
+        retry_key = digest(
+            "R", history.system.hex(), count, first.hex() if first else None,
+            [w.hex() if w else None for w in self._window(get, count)],
+        )
+        pending = Pending(Decision("", NEW), history, digests, retry_key)
+        if named:
+            return pending, self._decided(pending, named, HEADER, touch=True)
+        if self._is_reset(history):
+            return pending, self._new(pending, RESET)
+        keys: list[bytes] = []
+        kinds: list[str] = []
+        if history.previous_response_id:
+            keys.append(self.response_key(history.previous_response_id))
+            kinds.append(PREVIOUS_RESPONSE)
+        messages = history.messages
+        ends = [
+            end
+            for end in range(count - 1, max(0, count - 1 - MAX_NEW_MESSAGES), -1)
+            if _is_answer(messages[end - 1])
+        ]
+        windows = [self._window(get, end) for end in ends]
+        for end, window in zip(ends, windows):
+            keys.append(self.exact_key(history, first, end, window))
+            kinds.append(CONTINUED)
+        keys.append(retry_key)
+        kinds.append(RETRY)
+        if self.config.fuzzy_matching:
+            for window in windows:
+                keys.append(self.fuzzy_key(history, window))
+                kinds.append(TRUNCATED)
+        found = self.store.find(keys)
+        if isinstance(found, Deferred):
+            return pending, found.addCallback(self._found, pending, kinds)
+        return pending, self._found(found, pending, kinds)
+
+    def _found(
+        self, found: tuple[int, str, bool] | None, pending: Pending, kinds: Sequence[str]
+    ) -> Deferred[Decision] | Decision:
+        if found is None:
+            return self._new(pending, NEW)
+        index, session_id, latest = found
+        how = kinds[index]
+        if how == RETRY and not self.config.fuzzy_matching:
+            return self._new(pending, NEW)
+        if how == CONTINUED and not latest:
+            how = BRANCHED
+            if not self.config.fuzzy_matching:
+                how = CONTINUED
+        return self._decided(pending, session_id, how, touch=True)
+
+    def _new(self, pending: Pending, how: str) -> Deferred[Decision] | Decision:
+        created = self.store.new_session()
+        if isinstance(created, Deferred):
+            return created.addCallback(lambda session_id: self._decided(pending, session_id, how))
+        return self._decided(pending, created, how)
+
+    def _decided(self, pending: Pending, session_id: str, how: str, touch: bool = False) -> Any:
+        decision = Decision(session_id, how)
+        pending.decision = decision
+        self.counts[how] += 1
+        if how in (NEW, RESET):
+            self.counts["cache_misses"] += 1
+        elif how != HEADER:
+            self.counts["cache_hits"] += 1
+        if decision.fuzzy:
+            self.counts["fuzzy_matches"] += 1
+        if touch:
+            touched = self.store.touch(session_id)
+            if isinstance(touched, Deferred):
+                return touched.addCallback(lambda _: decision)
+        return decision
+
+    def _is_reset(self, history: History) -> bool:
+        if not self.reset_phrases or len(history.messages) > SHORT_HISTORY:
+            return False
+        if not any(_is_answer(m) for m in history.messages):
+            # A fresh start needs no phrase to be new; and a first call
+            # that says "new chat" is no reason to skip a retry match.
+            return False
+        text = history.last_user_text()
+        return any(phrase in text for phrase in self.reset_phrases)
+
+    # -- the call ends -----------------------------------------------------------------
+
+    def complete(
+        self,
+        pending: Pending,
+        answer: Any | None,
+        response_id: str | None = None,
+    ) -> Any:
+        """
+        Remember the state a completed call leaves: its history plus its
+        answer.  A call that got no answer is remembered only so that an
+        identical retry finds its session.
+        """
+        session_id = pending.decision.session_id
+        if not session_id:
+            return None
+        history = pending.history
+        if answer is None:
+            return self.store.remember(session_id, [pending.retry_key], latest=False)
+        digests = pending.digests
+        extra = answer_digests(history.provider, answer)
+        count = len(digests)
+
+        def get(index: int) -> bytes:
+            return digests[index] if index < count else extra[index - count]
+
+        end = count + len(extra)
+        first = get(0) if end else None
+        window = self._window(get, end)
+        keys = [self.exact_key(history, first, end, window)]
+        if self.config.fuzzy_matching:
+            keys.append(self.fuzzy_key(history, window))
+        if response_id:
+            keys.append(self.response_key(response_id))
+        return self.store.remember(session_id, keys)

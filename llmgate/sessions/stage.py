@@ -1,0 +1,127 @@
+"""
+Session detection as the first stage of the pipeline: it labels each call
+before any configured middleware sees it, and remembers the conversation's
+new state when the answer is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from llmgate.exchange import Exchange
+from llmgate.middleware import Middleware
+from llmgate.sessions.canonical import history_of
+from llmgate.sessions.detect import Decision, Pending, SessionDetector
+
+HEADER = b"x-llmgate-session-id"
+_VALID_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+class SessionStage(Middleware):
+    """
+    Label exchanges with their session.
+    """
+
+    name = "session"
+    log = Logger()
+
+    def __init__(self, detector: SessionDetector) -> None:
+        self.detector = detector
+        self.store_errors = 0
+
+    def request_received(self, exchange: Exchange) -> Any:
+        named = None
+        given = exchange.request.headers.getRawHeaders(HEADER)
+        if given:
+            value = given[-1].strip()
+            if _VALID_ID.fullmatch(value):
+                named = value.decode("ascii")
+        history = history_of(exchange.provider, exchange.request.path, exchange.request_json)
+        if history is None:
+            if named:
+                exchange.session_id = named
+            return None
+        pending, decided = self.detector.begin(history, named)
+        exchange.notes["session"] = pending
+        if isinstance(decided, Deferred):
+            return decided.addCallbacks(
+                self._label, self._store_failed, callbackArgs=(exchange,), errbackArgs=(exchange,)
+            )
+        self._label(decided, exchange)
+        return None
+
+    def _label(self, decision: Decision, exchange: Exchange) -> None:
+        exchange.session_id = decision.session_id
+        exchange.notes["session_how"] = decision.how
+
+    def _store_failed(self, failure: Any, exchange: Exchange) -> None:
+        self.store_errors += 1
+        self.log.failure("session store failed; call goes on unlabelled", failure)
+        exchange.notes.pop("session", None)
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        pending: Pending | None = exchange.notes.get("session")
+        if pending is None or not pending.decision.session_id:
+            return
+        answer = exchange.answer
+        response_id = _response_id(exchange) if answer is not None else None
+        done = self.detector.complete(pending, answer, response_id)
+        if isinstance(done, Deferred):
+            done.addErrback(self._remember_failed)
+
+    def _remember_failed(self, failure: Any) -> None:
+        self.store_errors += 1
+        self.log.failure("session store failed to remember a state", failure)
+
+    def state(self) -> Mapping[str, Any]:
+        stats = dict(self.detector.store.stats()) if hasattr(self.detector.store, "stats") else {}
+        return {**stats, **self.counts()}
+
+    def counts(self) -> dict[str, int]:
+        counts = self.detector.counts
+        return {
+            "cache_hits": counts["cache_hits"],
+            "cache_misses": counts["cache_misses"],
+            "fuzzy_matches": counts["fuzzy_matches"],
+            "store_errors": self.store_errors,
+        }
+
+
+def _response_id(exchange: Exchange) -> str | None:
+    """
+    The id of an OpenAI Responses API answer, which a later call may name as
+    its ``previous_response_id``.
+    """
+    response = exchange.response
+    if response is None:
+        return None
+    candidates: list[str] = []
+    if response.streaming:
+        candidates = [e.data for e in response.events[:3] if '"response"' in e.data]
+    else:
+        candidates = [bytes(response.body[:4096]).decode("utf-8", "replace")] if response.body else []
+    for text in candidates:
+        if '"resp_' not in text:
+            continue
+        try:
+            document = json.loads(text) if not response.streaming else json.loads(text)
+        except ValueError:
+            document = None
+        if isinstance(document, dict):
+            inner = document.get("response", document)
+            if isinstance(inner, dict) and isinstance(inner.get("id"), str):
+                return inner["id"]
+    if not response.streaming and response.body:
+        try:
+            document = json.loads(bytes(response.body))
+        except ValueError:
+            return None
+        if isinstance(document, dict) and document.get("object") == "response":
+            value = document.get("id")
+            return value if isinstance(value, str) else None
+    return None
