@@ -36,10 +36,6 @@ from llmgate.relay import ClientGone, Relay, StreamIdle
 #: Methods whose request carries a body (and so a Content-Length) even empty.
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
-#: Upstream failures that mean "the pooled connection was already closed":
-#: the request never reached a live server, so sending it again is safe.
-_STALE = (neterror.ConnectionDone, neterror.ConnectionLost)
-
 
 @implementer(IBodyProducer)
 class BytesProducer:
@@ -47,6 +43,8 @@ class BytesProducer:
     A request body already in memory, written in one go.  Replayable, so a
     request can be sent again after a stale pooled connection.
     """
+
+    replayable = True
 
     def __init__(self, body: bytes) -> None:
         self._body = body
@@ -64,27 +62,6 @@ class BytesProducer:
 
     def stopProducing(self) -> None:
         pass
-
-
-class _QuietClientFactory(client._HTTP11ClientFactory):
-    """
-    The pool's connection factory without a log line per upstream connection.
-    """
-
-    noisy = False
-
-
-def make_pool(reactor: Any, config: GatewayConfig) -> client.HTTPConnectionPool:
-    """
-    The persistent upstream connection pool.  ``maxPersistentPerHost`` caps
-    idle connections kept, not concurrency.
-    """
-    pool = client.HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = config.llm.max_idle_connections
-    pool.cachedConnectionTimeout = config.llm.idle_connection_timeout
-    pool.retryAutomatically = True
-    pool._factory = _QuietClientFactory
-    return pool
 
 
 def make_agent(
@@ -123,12 +100,6 @@ def classify(failure: Failure) -> str:
         if "SSL" in name or "ssl" in name or "tls" in name:
             return "upstream_tls"
     return "upstream_reset"
-
-
-def _is_stale_connection(failure: Failure) -> bool:
-    if not failure.check(client.ResponseNeverReceived, client.RequestTransmissionFailed):
-        return False
-    return all(reason.check(*_STALE) for reason in failure.value.reasons)
 
 
 class Forwarder:
@@ -218,7 +189,6 @@ class Call:
         self._upstream: Deferred[IResponse] | None = None
         self._timer: IDelayedCall | None = None
         self._timed_out = False
-        self._retried = False
         self._relay: Relay | None = None
         self._observer: Observer | None = None
         self._done = False
@@ -271,14 +241,6 @@ class Call:
         self._upstream = None
         if self._done:
             return
-        if (
-            not self._retried
-            and not self._timed_out
-            and _is_stale_connection(failure)
-        ):
-            self._retried = True
-            self._send()
-            return
         self._cancel_timer()
         exchange = self.exchange
         if self._timed_out:
@@ -321,6 +283,14 @@ class Call:
         set_header = request.responseHeaders.setRawHeaders
         for name, values in record.headers:
             set_header(name, values)
+        if (
+            isinstance(response.length, int)
+            and request.method != b"HEAD"
+            and record.status not in (204, 304)
+        ):
+            # Twisted's client keeps Content-Length out of the headers; pass
+            # it on so the client gets the body framed as the upstream sent it.
+            set_header(b"content-length", [b"%d" % (response.length,)])
         if exchange.session_id is not None:
             set_header(b"x-llmgate-session-id", [exchange.session_id.encode("ascii")])
         self._observer = observer = Observer(
@@ -439,4 +409,4 @@ class Call:
             self._timer = None
 
 
-__all__ = ["Forwarder", "Call", "BytesProducer", "make_pool", "make_agent", "Headers"]
+__all__ = ["Forwarder", "Call", "BytesProducer", "make_agent", "Headers"]

@@ -18,7 +18,8 @@ from twisted.python.components import Componentized
 from llmgate import __version__
 from llmgate.app import Gateway
 from llmgate.config import GatewayConfig
-from llmgate.forward import Forwarder, make_agent, make_pool
+from llmgate.forward import Forwarder, make_agent
+from llmgate.pool import make_pool
 from llmgate.logs import make_observer
 from llmgate.middleware.registry import build_middlewares
 from llmgate.pipeline import Pipeline

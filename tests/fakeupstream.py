@@ -305,6 +305,49 @@ class FakeUpstream(Resource):
         tick()
         return server.NOT_DONE_YET
 
+    # -- endpoints added for the end-to-end relay and SDK tests -------------------
+
+    def do_big_stream_counted(self, request: server.Request, document: dict[str, Any]) -> Any:
+        """
+        ``/big-stream`` whose producer is kept in ``big_streams``, so a test can
+        read how many bytes the upstream has written so far (``sent``).
+        """
+        total = int(document.get("megabytes", 1)) * 1024 * 1024
+        request.setHeader(b"content-type", b"text/event-stream")
+        stream = _CountedBigStream(request, total)
+        if not hasattr(self, "big_streams"):
+            self.big_streams: list[_CountedBigStream] = []
+        self.big_streams.append(stream)
+        stream.start()
+        self._watch(request)
+        return server.NOT_DONE_YET
+
+    def do_die_v1_chat_completions(self, request: server.Request, document: dict[str, Any]) -> Any:
+        """
+        An OpenAI chat completions stream (SDK path ``/die/v1/chat/completions``)
+        that dies after three chunks.
+        """
+        model = document.get("model", "gpt-fake")
+        events = openai_chunks("this answer will be cut", model, False)[:3]
+        return self._stream(request, events, then=lambda: request.channel.transport.abortConnection())
+
+    def do_die_v1_messages(self, request: server.Request, document: dict[str, Any]) -> Any:
+        """
+        An Anthropic messages stream (SDK path ``/die/v1/messages``) that dies
+        after its first text delta.
+        """
+        model = document.get("model", "claude-fake")
+        events = anthropic_events("this answer will be cut", model)[:5]
+        return self._stream(request, events, then=lambda: request.channel.transport.abortConnection())
+
+    def do_hang_up(self, request: server.Request, document: dict[str, Any]) -> Any:
+        """
+        Read the request, then close the connection without answering (a
+        server that crashed while working on it).
+        """
+        request.channel.transport.abortConnection()
+        return server.NOT_DONE_YET
+
     # -- helpers ---------------------------------------------------------------------
 
     def _watch(self, request: server.Request) -> None:
@@ -378,6 +421,24 @@ class _BigStream:
 
     def stopProducing(self) -> None:
         self.stopped = True
+
+
+class _CountedBigStream(_BigStream):
+    """
+    A big stream that counts the bytes it has handed to the connection, made
+    of events of exactly 1 KiB so ``megabytes`` MB is sent exactly (the base
+    class's events are 1022 bytes, so its last batch overshoots the total).
+    """
+
+    EVENT = b"data: " + b"x" * 1016 + b"\n\n"
+
+    def __init__(self, request: server.Request, total: int) -> None:
+        super().__init__(request, total)
+        self.total = total
+
+    @property
+    def sent(self) -> int:
+        return self.total - self.left
 
 
 __all__ = ["FakeUpstream", "Protocol", "deferLater"]

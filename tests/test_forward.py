@@ -208,35 +208,6 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(response.code, 502)
         self.assertEqual(self.error_of(harness, response)["error"]["code"], "upstream_refused")
 
-    def test_a_stale_pooled_connection_is_retried_once(self) -> None:
-        stale = Failure(ResponseNeverReceived([Failure(ConnectionDone())]))
-        harness = Harness()
-        live = harness.upstream_agent
-        agent = ScriptedAgent(stale, Deferred())
-        harness.forwarder.agent = agent
-        agent.outcomes[1] = None  # replaced below by the real upstream
-
-        def second(method, uri, headers=None, bodyProducer=None):
-            agent.requests.append((method, uri, headers))
-            if len(agent.requests) == 1:
-                return fail(stale)
-            return live.request(method, uri, headers, bodyProducer)
-
-        agent.request = second
-        response = self.successResultOf(harness.post("/v1/chat/completions", {"model": "m"}))
-        self.assertEqual(response.code, 200)
-        self.assertEqual(len(agent.requests), 2)
-        self.assertEqual(len(harness.upstream.seen), 1)
-        self.assertIn(b"Hello", harness.body(response))
-
-    def test_a_second_stale_failure_is_not_retried_again(self) -> None:
-        stale = Failure(ResponseNeverReceived([Failure(ConnectionDone())]))
-        agent = ScriptedAgent(stale, stale, stale)
-        harness = Harness(agent=agent)
-        response = self.successResultOf(harness.post("/v1/chat/completions", {}))
-        self.assertEqual(response.code, 502)
-        self.assertEqual(len(agent.requests), 2)
-
     def test_a_stream_idle_past_the_idle_timeout_ends_with_an_error_event(self) -> None:
         harness = Harness(idle_timeout=2)
         d = harness.client.post("http://gateway.invalid/stall-mid-stream", data=b"{}")

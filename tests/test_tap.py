@@ -43,7 +43,7 @@ class CommandLineTests(SynchronousTestCase):
 
     def test_generate_config_writes_a_valid_commented_example(self) -> None:
         for command in (TWISTD + ["llmgate"], MODULE):
-            path = self.mktemp()
+            path = os.path.abspath(self.mktemp())
             result = run(*command, "--generate-config", path)
             self.assertEqual(result.returncode, 0, result.stderr)
             with open(path) as handle:
@@ -55,14 +55,14 @@ class CommandLineTests(SynchronousTestCase):
             self.assertIn("configuration OK", checked.stdout)
 
     def test_generate_config_does_not_overwrite(self) -> None:
-        path = self.mktemp()
+        path = os.path.abspath(self.mktemp())
         open(path, "w").close()
         result = run(*MODULE, "--generate-config", path)
         self.assertNotEqual(result.returncode, 0)
         self.assertEqual(os.path.getsize(path), 0)
 
     def test_validate_config_names_the_bad_field_and_value(self) -> None:
-        path = self.mktemp()
+        path = os.path.abspath(self.mktemp())
         with open(path, "w") as handle:
             handle.write("llm:\n  type: gemini\n")
         for command in (TWISTD + ["llmgate"], MODULE):
@@ -88,7 +88,7 @@ class CommandLineTests(SynchronousTestCase):
             self.assertNotIn("Traceback", result.stderr + result.stdout)
 
     def test_an_unknown_middleware_lists_the_known_ones(self) -> None:
-        path = self.mktemp()
+        path = os.path.abspath(self.mktemp())
         with open(path, "w") as handle:
             handle.write("middlewares:\n  - type: nosuch\n")
         result = run(*MODULE, "--validate-config", path)

@@ -40,7 +40,7 @@ def _preview(body: bytes | bytearray, limit: int, scrub: Scrubber) -> str:
 
 class PrinterMiddleware(Middleware):
     name = "printer"
-    log = Logger(namespace="llmgate.printer")
+    log = Logger()
 
     def __init__(
         self,

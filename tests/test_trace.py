@@ -1,0 +1,183 @@
+"""
+Tests for the trace middleware's document, file handling and limits,
+without a reactor: the writer thread's work is called directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+
+from llmgate.config import ConfigError, parse
+from llmgate.exchange import Exchange, RequestRecord, ResponseRecord
+from llmgate.middleware import MiddlewareContext
+from llmgate.middleware.trace import TraceMiddleware, build
+from llmgate.redact import Scrubber
+from llmgate.sse import SSEParser
+from tests.fakeupstream import anthropic_events, openai_completion
+
+CANARY_KEY = "sk-canary-upstream-7f3a9c"
+
+
+def exchange(streaming: bool = False, body: bytes = b"", events: list | None = None) -> Exchange:
+    request_body = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi " + CANARY_KEY}]}
+    ).encode()
+    result = Exchange(
+        id="ab" * 16,
+        provider="anthropic" if streaming else "openai",
+        request=RequestRecord(
+            method=b"POST",
+            uri=b"/v1/chat/completions?x=1",
+            headers=Headers(
+                {
+                    b"authorization": [b"Bearer client-token-canary"],
+                    b"x-api-key": [b"client-token-canary"],
+                    b"cookie": [b"a=b"],
+                    b"content-type": [b"application/json"],
+                }
+            ),
+            body=request_body,
+        ),
+        received=10.0,
+    )
+    record = ResponseRecord(
+        status=200,
+        headers=[(b"content-type", [b"application/json"]), (b"set-cookie", [b"s=1"])],
+        streaming=streaming,
+    )
+    record.body += body
+    record.body_size = len(body)
+    record.events = events or []
+    record.event_count = len(record.events)
+    result.response = record
+    result.upstream_headers_at = 10.1
+    result.first_byte_at = 10.2
+    result.ended_at = 10.5
+    result.session_id = "sess_1"
+    result.usage = {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3}
+    return result
+
+
+class TraceDocumentTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        self.trace = TraceMiddleware(
+            MemoryReactorClock(), self.directory, scrubber=Scrubber([CANARY_KEY])
+        )
+        self.addCleanup(self.trace._stop_pool)
+
+    def write(self, ex: Exchange) -> tuple[str, dict]:
+        path = self.trace._write(self.trace._snapshot(ex))
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        return text, json.loads(text)
+
+    def test_a_plain_answer_has_every_documented_field(self) -> None:
+        body = json.dumps(openai_completion("the answer", "m")).encode()
+        _, document = self.write(exchange(body=body))
+        self.assertEqual(document["request"]["method"], "POST")
+        self.assertEqual(document["request"]["path"], "/v1/chat/completions")
+        self.assertEqual(document["request"]["query"], "x=1")
+        self.assertEqual(document["request"]["body"]["model"], "m")
+        self.assertEqual(document["response"]["status"], 200)
+        self.assertEqual(document["response"]["body"]["object"], "chat.completion")
+        self.assertEqual(document["response"]["message"]["content"], "the answer")
+        self.assertEqual(document["session_id"], "sess_1")
+        self.assertEqual(document["provider"], "openai")
+        self.assertEqual(document["model"], "m")
+        self.assertEqual(document["usage"]["total_tokens"], 3)
+        self.assertEqual(document["duration_ms"], 500.0)
+        self.assertEqual(document["ttfb_ms"], 200.0)
+        self.assertNotIn("error", document)
+
+    def test_a_stream_keeps_every_event_and_the_reassembled_message(self) -> None:
+        parser = SSEParser()
+        events = parser.feed(b"".join(anthropic_events("streamed words here", "claude")))
+        _, document = self.write(exchange(streaming=True, events=events))
+        self.assertEqual(len(document["response"]["events"]), len(events))
+        self.assertEqual(document["response"]["events"][0]["event"], "message_start")
+        self.assertEqual(
+            document["response"]["message"]["content"][0]["text"], "streamed words here"
+        )
+
+    def test_credentials_never_reach_the_file(self) -> None:
+        text, document = self.write(exchange(body=b"{}"))
+        self.assertNotIn(CANARY_KEY, text)
+        self.assertNotIn("client-token-canary", text)
+        headers = document["request"]["headers"]
+        self.assertEqual(headers["authorization"], ["[redacted]"])
+        self.assertEqual(headers["x-api-key"], ["[redacted]"])
+        self.assertEqual(headers["cookie"], ["[redacted]"])
+        self.assertEqual(document["response"]["headers"]["set-cookie"], ["[redacted]"])
+
+    def test_bodies_over_the_limit_are_cut_with_a_marker(self) -> None:
+        self.trace.max_body_size = 10
+        _, document = self.write(exchange(body=b"x" * 100))
+        self.assertEqual(document["response"]["body"], "x" * 10)
+        self.assertEqual(document["response"]["body_truncated"], {"size": 100, "kept": 10})
+        self.assertIn("body_truncated", document["request"])
+
+    def test_headers_and_bodies_are_left_out_when_their_flags_say_so(self) -> None:
+        self.trace.include_headers = False
+        self.trace.include_body = False
+        _, document = self.write(exchange(body=b"{}"))
+        self.assertNotIn("headers", document["request"])
+        self.assertNotIn("body", document["request"])
+        self.assertNotIn("body", document["response"])
+
+    def test_a_failed_call_records_its_error(self) -> None:
+        ex = exchange()
+        ex.response = None
+        ex.error, ex.error_kind = "upstream unreachable", "upstream_refused"
+        _, document = self.write(ex)
+        self.assertEqual(document["error"], {"kind": "upstream_refused", "message": "upstream unreachable"})
+        self.assertIsNone(document["response"])
+
+    def test_files_are_named_by_time_and_id_and_written_atomically(self) -> None:
+        first = exchange()
+        second = exchange()
+        second.id = "cd" * 16
+        path1 = self.trace._write(self.trace._snapshot(first))
+        path2 = self.trace._write(self.trace._snapshot(second))
+        self.assertNotEqual(path1, path2)
+        self.assertTrue(os.path.basename(path1).endswith("ab" * 16 + ".json"))
+        self.assertEqual(sorted(os.listdir(self.directory)), sorted([os.path.basename(path1), os.path.basename(path2)]))
+
+    def test_max_files_keeps_only_the_newest(self) -> None:
+        self.trace.max_files = 2
+        paths = []
+        for index in range(4):
+            ex = exchange()
+            ex.id = f"{index:032x}"
+            paths.append(self.trace._write(self.trace._snapshot(ex)))
+        self.assertEqual(sorted(os.listdir(self.directory)), sorted(os.path.basename(p) for p in paths[2:]))
+
+    def test_a_full_queue_drops_and_counts_instead_of_growing(self) -> None:
+        self.trace.pending = self.trace.max_queue
+        self.trace.exchange_finished(exchange())
+        self.assertEqual(self.trace.dropped, 1)
+        self.assertEqual(self.trace.state()["dropped"], 1)
+
+
+class TraceConfigTests(SynchronousTestCase):
+    def context(self) -> MiddlewareContext:
+        return MiddlewareContext(reactor=MemoryReactorClock(), config=parse({}))
+
+    def test_an_unwritable_directory_is_a_start_up_error_naming_it(self) -> None:
+        blocker = self.mktemp()
+        open(blocker, "w").close()
+        directory = os.path.join(blocker, "traces")
+        with self.assertRaises(ConfigError) as caught:
+            build({"directory": directory}, self.context())
+        self.assertIn(directory, str(caught.exception))
+        self.assertIn("directory", str(caught.exception))
+
+    def test_unknown_options_are_errors(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            build({"directory": self.mktemp(), "dirs": 1}, self.context())
+        self.assertIn("dirs", str(caught.exception))
