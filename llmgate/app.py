@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from llmgate import __version__
 from llmgate.forward import Forwarder
+from llmgate.metrics import Metrics, wants_prometheus
 
 #: Every method a client may proxy.
 PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -34,7 +35,8 @@ class Gateway:
 
     :param forwarder: relays proxied calls upstream.
     :param config_view: returns ``/config``'s document (secrets redacted).
-    :param metrics_view: returns ``/metrics``' document.
+    :param metrics_view: returns ``/metrics``' JSON document.
+    :param metrics: the Prometheus exposition source, if any.
     """
 
     app = Klein()
@@ -45,8 +47,10 @@ class Gateway:
         forwarder: Forwarder,
         config_view: Callable[[], Any],
         metrics_view: Callable[[], Any],
+        metrics: Metrics | None = None,
     ) -> None:
         self.forwarder = forwarder
+        self.metrics = metrics
         self.provider = forwarder.provider
         self._config_view = config_view
         self._metrics_view = metrics_view
@@ -66,6 +70,14 @@ class Gateway:
 
     @app.route("/metrics", methods=["GET", "HEAD"])
     def metrics(self, request: Request) -> bytes:
+        metrics = self.metrics
+        fmt = (request.args.get(b"format") or [None])[0]
+        accept = request.getHeader(b"accept")
+        if metrics is not None and wants_prometheus(fmt, accept):
+            body, content_type = metrics.prometheus(accept.decode("latin-1") if accept else None)
+            request.setHeader(b"content-type", content_type.encode("ascii"))
+            request.setHeader(b"cache-control", b"no-store")
+            return body
         return _json(request, self._metrics_view())
 
     @app.route(

@@ -111,12 +111,26 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    enabled: bool = True
+
+
+@attrs.frozen
+class UsageConfig:
+    #: Ask OpenAI for stream usage when the client did not, and hide the
+    #: extra chunk from the client.
+    include_stream_usage: bool = False
+
+
+@attrs.frozen
 class GatewayConfig:
     server: ServerConfig = ServerConfig()
     llm: LLMConfig = LLMConfig()
     middlewares: tuple[MiddlewareConfig, ...] = ()
     session: SessionConfig = SessionConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    usage: UsageConfig = UsageConfig()
     #: Where the file part came from, for messages; None when there was none.
     source: str | None = None
 
@@ -223,13 +237,15 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
     :class:`GatewayConfig`.
     """
     top = _Section(document, "")
-    top.allow({"server", "llm", "middlewares", "session", "logging"})
+    top.allow({"server", "llm", "middlewares", "session", "logging", "metrics", "usage"})
     config = GatewayConfig(
         server=_server(top.section("server")),
         llm=_llm(top.section("llm")),
         middlewares=_middlewares(top.get("middlewares", [])),
         session=_session(top.section("session")),
         logging=_logging(top.section("logging")),
+        metrics=_metrics(top.section("metrics")),
+        usage=_usage(top.section("usage")),
         source=source,
     )
     return config
@@ -349,6 +365,18 @@ def _logging(section: _Section) -> LoggingConfig:
         level=level,
         format=section.choice("format", _DEFAULTS_LoggingConfig.format, LOG_FORMATS),
         file=section.optional_string("file"),
+    )
+
+
+def _metrics(section: _Section) -> MetricsConfig:
+    section.allow({"enabled"})
+    return MetricsConfig(enabled=section.boolean("enabled", True))
+
+
+def _usage(section: _Section) -> UsageConfig:
+    section.allow({"include_stream_usage"})
+    return UsageConfig(
+        include_stream_usage=section.boolean("include_stream_usage", False)
     )
 
 

@@ -89,7 +89,11 @@ class Exchange:
     request: RequestRecord
     received: float
     response: ResponseRecord | None = None
+    #: When the request was handed to the upstream connection pool.
+    sent_at: float | None = None
     upstream_headers_at: float | None = None
+    #: When the response head had been passed on, before its body.
+    headers_relayed_at: float | None = None
     first_byte_at: float | None = None
     ended_at: float | None = None
     #: Why the call failed, in words safe to show (no secret); None if it did not.
@@ -169,6 +173,19 @@ class Exchange:
         if self.ended_at is None:
             return None
         return self.ended_at - self.received
+
+    @property
+    def overhead(self) -> float | None:
+        """
+        Seconds spent in the gateway itself: before the request went
+        upstream, and between the upstream's head and passing it on.
+        """
+        if self.sent_at is None:
+            return None
+        spent = self.sent_at - self.received
+        if self.upstream_headers_at is not None and self.headers_relayed_at is not None:
+            spent += self.headers_relayed_at - self.upstream_headers_at
+        return max(spent, 0.0)
 
     @property
     def ttfb(self) -> float | None:

@@ -222,6 +222,7 @@ class Call:
         )
         body = record.body
         producer = BytesProducer(body) if body or record.method in BODY_METHODS else None
+        self.exchange.sent_at = forwarder.clock.seconds()
         self._upstream = forwarder.agent.request(
             record.method, forwarder.base + record.uri, headers, producer
         )
@@ -299,6 +300,7 @@ class Call:
         self._relay = relay = Relay(
             request, forwarder.clock, forwarder.config.llm.idle_timeout, observer
         )
+        exchange.headers_relayed_at = forwarder.clock.seconds()
         relay.done.addCallback(self._relay_ended)
         response.deliverBody(relay)
 

@@ -21,6 +21,7 @@ from llmgate.config import GatewayConfig
 from llmgate.forward import Forwarder, make_agent
 from llmgate.pool import make_pool
 from llmgate.logs import make_observer
+from llmgate.metrics import Metrics
 from llmgate.middleware.registry import build_middlewares
 from llmgate.pipeline import Pipeline
 from llmgate.providers import provider_for
@@ -36,7 +37,7 @@ class GatewayParts:
     service share this assembly.
     """
 
-    def __init__(self, config: GatewayConfig, reactor: Any) -> None:
+    def __init__(self, config: GatewayConfig, reactor: Any, worker: int | str = 0) -> None:
         self.config = config
         self.reactor = reactor
         self.provider = provider_for(config.llm.type, config.llm.auth_header)
@@ -51,11 +52,28 @@ class GatewayParts:
             )
             self.sessions = SessionStage(SessionDetector(store, config.session))
             stages.append(self.sessions)
+        self.metrics = Metrics(
+            worker=str(worker),
+            sources={
+                "in_flight": lambda: len(self.forwarder.open_calls),
+                "streams_open": self._streams_open,
+                "refused": lambda: {"body_too_large": self.site.refused_bodies},
+                "middleware_errors": lambda: self.pipeline.errors,
+                "sessions": lambda: dict(self.sessions.state()) if self.sessions else None,
+                "traces": lambda: [
+                    dict(m.state()) for m in self.middlewares if getattr(m, "name", "") == "trace"
+                ],
+            },
+        )
+        if config.metrics.enabled:
+            stages.append(self.metrics)
         self.pipeline = Pipeline([*stages, *self.middlewares])
         self.forwarder = Forwarder(
             self.agent, config, self.provider, self.pipeline, reactor
         )
-        self.gateway = Gateway(self.forwarder, self.config_view, self.metrics_view)
+        self.gateway = Gateway(
+            self.forwarder, self.config_view, self.metrics.json_view, self.metrics
+        )
         self.site = GatewaySite(
             self.gateway.resource(),
             provider=self.provider,
@@ -88,13 +106,12 @@ class GatewayParts:
         view["middlewares"] = states + disabled
         return view
 
-    def metrics_view(self) -> dict[str, Any]:
-        return {
-            "requests_in_flight": len(self.forwarder.open_calls),
-            "requests_refused_body_too_large": self.site.refused_bodies,
-            "middleware_errors": dict(self.pipeline.errors),
-            "sessions": dict(self.sessions.state()) if self.sessions else None,
-        }
+    def _streams_open(self) -> int:
+        return sum(
+            1
+            for call in self.forwarder.open_calls.values()
+            if call.exchange.response is not None and call.exchange.response.streaming
+        )
 
 
 class GatewayService(MultiService):

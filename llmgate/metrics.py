@@ -1,0 +1,307 @@
+"""
+What the gateway has done, for ``/metrics``: JSON for people and the
+predecessor's users, Prometheus text (through ``prometheus_client``) for
+scrapers.
+
+Counting happens once per exchange, when it ends; nothing is counted per
+SSE event.  Metric names follow Prometheus conventions and, where they
+exist, the OpenTelemetry GenAI semantic conventions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any, Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter as PromCounter, Histogram
+from prometheus_client import disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+from llmgate.exchange import Exchange
+from llmgate.middleware import Middleware
+
+# ``*_created`` series double the exposition for no use here.
+disable_created_metrics()
+
+#: Distinct model labels kept; more would let clients blow up cardinality.
+MAX_MODELS = 100
+OTHER_MODEL = "other"
+
+#: Latency samples kept per summary, for the JSON view's percentiles.
+RESERVOIR = 2048
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+
+
+class Summary:
+    """
+    Count, sum and recent percentiles of one latency, for the JSON view.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self._recent: deque[float] = deque(maxlen=RESERVOIR)
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self._recent.append(value)
+
+    def view(self) -> dict[str, Any]:
+        recent = sorted(self._recent)
+
+        def pick(q: float) -> float | None:
+            if not recent:
+                return None
+            return round(recent[min(len(recent) - 1, int(q * len(recent)))] * 1000, 3)
+
+        return {
+            "count": self.count,
+            "avg_ms": round(self.total / self.count * 1000, 3) if self.count else None,
+            "p50_ms": pick(0.5),
+            "p90_ms": pick(0.9),
+            "p99_ms": pick(0.99),
+        }
+
+
+def status_class(exchange: Exchange) -> str:
+    response = exchange.response
+    if response is not None and response.status is not None:
+        return f"{response.status // 100}xx"
+    if exchange.client_gone:
+        return "client_gone"
+    return "error"
+
+
+class Metrics(Middleware):
+    """
+    The gateway's counters, fed by the pipeline at the end of each exchange.
+
+    :param sources: live figures read at scrape time: ``in_flight`` and
+        ``streams_open`` (callables), ``middleware_errors`` (a Counter),
+        ``refused`` (callable returning a mapping of reason to count),
+        ``sessions`` (callable returning the session figures or None),
+        ``traces`` (callable returning the trace middleware states).
+    """
+
+    name = "metrics"
+
+    def __init__(self, worker: str = "0", sources: Mapping[str, Callable[[], Any]] | None = None) -> None:
+        self.worker = worker
+        self.sources = dict(sources or {})
+        self.requests: Counter[tuple[str, str, str]] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.tokens: Counter[tuple[str, str]] = Counter()
+        self.duration = Summary()
+        self.ttfb = Summary()
+        self.overhead = Summary()
+        self._models: set[str] = set()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._prom_requests = PromCounter(
+            "llmgate_requests", "Calls relayed, by provider, model and status class.",
+            ["provider", "model", "status_class"], registry=self.registry,
+        )
+        self._prom_errors = PromCounter(
+            "llmgate_upstream_errors", "Failed calls by kind.", ["kind"], registry=self.registry,
+        )
+        self._prom_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "Call duration, from request received to the answer's end.",
+            ["gen_ai_system", "gen_ai_request_model"], buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._prom_ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from request received to the answer's first byte.",
+            ["gen_ai_system", "gen_ai_request_model"], buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self._prom_overhead = Histogram(
+            "llmgate_overhead_seconds",
+            "Time spent in the gateway itself, the upstream's time excluded.",
+            buckets=OVERHEAD_BUCKETS, registry=self.registry,
+        )
+        self._prom_tokens = Histogram(
+            "gen_ai_client_token_usage", "Tokens per call, by type (input, output).",
+            ["gen_ai_system", "gen_ai_request_model", "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(self))
+
+    # -- the middleware ------------------------------------------------------
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        model = self._model(exchange.model)
+        provider = exchange.provider
+        klass = status_class(exchange)
+        self.requests[(provider, model, klass)] += 1
+        self._prom_requests.labels(provider, model, klass).inc()
+        if exchange.error_kind is not None:
+            self.errors[exchange.error_kind] += 1
+            self._prom_errors.labels(exchange.error_kind).inc()
+        duration = exchange.duration
+        if duration is not None:
+            self.duration.observe(duration)
+            self._prom_duration.labels(provider, model).observe(duration)
+        ttfb = exchange.ttfb
+        if ttfb is not None:
+            self.ttfb.observe(ttfb)
+            self._prom_ttft.labels(provider, model).observe(ttfb)
+        overhead = exchange.overhead
+        if overhead is not None:
+            self.overhead.observe(overhead)
+            self._prom_overhead.observe(overhead)
+        usage = exchange.usage
+        if usage:
+            for kind in ("input", "output"):
+                count = usage.get(f"{kind}_tokens")
+                if count is not None:
+                    self.tokens[(model, kind)] += count
+                    self._prom_tokens.labels(provider, model, kind).observe(count)
+
+    def _model(self, model: str | None) -> str:
+        if model is None:
+            return "none"
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODELS:
+            return OTHER_MODEL
+        self._models.add(model)
+        return model
+
+    def state(self) -> Mapping[str, Any]:
+        return {"worker": self.worker}
+
+    # -- views ---------------------------------------------------------------------
+
+    def _live(self, name: str, default: Any) -> Any:
+        source = self.sources.get(name)
+        return source() if source is not None else default
+
+    def json_view(self) -> dict[str, Any]:
+        by_provider: Counter[str] = Counter()
+        by_model: Counter[str] = Counter()
+        by_status: Counter[str] = Counter()
+        for (provider, model, klass), count in self.requests.items():
+            by_provider[provider] += count
+            by_model[model] += count
+            by_status[klass] += count
+        tokens: dict[str, dict[str, int]] = {}
+        for (model, kind), count in self.tokens.items():
+            tokens.setdefault(model, {"input": 0, "output": 0})[kind] = count
+        traces = self._live("traces", [])
+        return {
+            "worker": self.worker,
+            "requests": {
+                "total": sum(self.requests.values()),
+                "by_provider": dict(by_provider),
+                "by_model": dict(by_model),
+                "by_status_class": dict(by_status),
+            },
+            "requests_in_flight": self._live("in_flight", 0),
+            "streams_open": self._live("streams_open", 0),
+            "latency": {
+                "duration": self.duration.view(),
+                "ttfb": self.ttfb.view(),
+                "overhead": self.overhead.view(),
+            },
+            "tokens": tokens,
+            "upstream_errors": dict(self.errors),
+            "requests_refused": dict(self._live("refused", {})),
+            "traces": {
+                "written": sum(t.get("files_written", 0) for t in traces),
+                "failed": sum(t.get("write_failures", 0) for t in traces),
+                "dropped": sum(t.get("dropped", 0) for t in traces),
+            },
+            "middleware_errors": dict(self._live("middleware_errors", {})),
+            "sessions": self._live("sessions", None),
+        }
+
+    def prometheus(self, accept: str | None) -> tuple[bytes, str]:
+        """
+        The Prometheus (or OpenMetrics, by ``accept``) exposition.
+        """
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+def wants_prometheus(query_format: bytes | None, accept: bytes | None) -> bool:
+    """
+    Whether ``/metrics`` should answer in Prometheus text: asked by
+    ``?format=prometheus`` or by a scraper's ``Accept`` header.
+    """
+    if query_format is not None:
+        return query_format.lower() in (b"prometheus", b"openmetrics")
+    if accept:
+        accept = accept.lower()
+        return b"openmetrics" in accept or b"text/plain" in accept
+    return False
+
+
+class _LiveCollector:
+    """
+    Figures read at scrape time rather than counted: gauges, and counters
+    kept by other parts (traces, sessions, middleware errors).
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        metrics = self.metrics
+        view = metrics.json_view()
+        yield _gauge("llmgate_requests_in_flight", "Calls in progress.", view["requests_in_flight"])
+        yield _gauge("llmgate_streams_open", "Streamed answers in progress.", view["streams_open"])
+        yield _gauge("llmgate_worker_info", "Which worker process answered.", 1, {"worker": metrics.worker})
+        refused = CounterMetricFamily(
+            "llmgate_requests_refused", "Requests refused by the gateway, by reason.", labels=["reason"]
+        )
+        for reason, count in view["requests_refused"].items():
+            refused.add_metric([reason], count)
+        yield refused
+        for key, help_text in (
+            ("written", "Trace files written."),
+            ("failed", "Trace writes that failed."),
+            ("dropped", "Traces dropped because the write queue was full."),
+        ):
+            yield _counter(f"llmgate_trace_{key}", help_text, view["traces"][key])
+        errors = CounterMetricFamily(
+            "llmgate_middleware_errors", "Middleware hooks that raised.", labels=["middleware"]
+        )
+        for name, count in view["middleware_errors"].items():
+            errors.add_metric([name], count)
+        yield errors
+        sessions = view["sessions"]
+        if sessions:
+            yield _gauge("llmgate_sessions_active", "Sessions alive.", sessions.get("active_sessions", 0))
+            for key, name in (
+                ("sessions_created", "llmgate_sessions_created"),
+                ("sessions_expired", "llmgate_sessions_expired"),
+                ("sessions_evicted", "llmgate_sessions_evicted"),
+                ("cache_hits", "llmgate_session_cache_hits"),
+                ("cache_misses", "llmgate_session_cache_misses"),
+                ("fuzzy_matches", "llmgate_session_fuzzy_matches"),
+            ):
+                yield _counter(name, f"Session figure {key}.", sessions.get(key, 0))
+
+
+def _gauge(name: str, help_text: str, value: float, labels: Mapping[str, str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text)
+    family.add_metric([], value)
+    return family
