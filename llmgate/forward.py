@@ -32,6 +32,7 @@ from llmgate.observe import Observer
 from llmgate.pipeline import Pipeline
 from llmgate.providers import CREDENTIAL_HEADERS, Provider
 from llmgate.relay import ClientGone, Relay, StreamIdle
+from llmgate.streamusage import UsageChunkHider, request_usage
 
 #: Methods whose request carries a body (and so a Content-Length) even empty.
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -141,6 +142,7 @@ class Forwarder:
             self.strip = frozenset()
         self.defaults = provider.extra_request_headers()
         self.open_calls: dict[str, Call] = {}
+        self.include_stream_usage = config.usage.include_stream_usage
 
     def forward(self, request: Request) -> Deferred[None]:
         """
@@ -191,6 +193,7 @@ class Call:
         self._timed_out = False
         self._relay: Relay | None = None
         self._observer: Observer | None = None
+        self._hide_usage = False
         self._done = False
 
     def start(self) -> Deferred[None]:
@@ -217,6 +220,12 @@ class Call:
     def _send(self) -> None:
         forwarder = self.forwarder
         record = self.exchange.request
+        if forwarder.include_stream_usage and forwarder.provider.name == "openai":
+            changed = request_usage(record.path, self.exchange.request_json)
+            if changed is not None:
+                # The client's stream stays as it would have been.
+                self._hide_usage = True
+                record.body = changed
         headers = outbound_request_headers(
             record.headers, forwarder.credential, forwarder.strip, forwarder.defaults
         )
@@ -284,8 +293,10 @@ class Call:
         set_header = request.responseHeaders.setRawHeaders
         for name, values in record.headers:
             set_header(name, values)
+        rewrite = UsageChunkHider() if self._hide_usage and record.streaming else None
         if (
-            isinstance(response.length, int)
+            rewrite is None
+            and isinstance(response.length, int)
             and request.method != b"HEAD"
             and record.status not in (204, 304)
         ):
@@ -298,7 +309,7 @@ class Call:
             exchange, record, forwarder.pipeline, forwarder.clock, forwarder.capture_limit
         )
         self._relay = relay = Relay(
-            request, forwarder.clock, forwarder.config.llm.idle_timeout, observer
+            request, forwarder.clock, forwarder.config.llm.idle_timeout, observer, rewrite
         )
         exchange.headers_relayed_at = forwarder.clock.seconds()
         relay.done.addCallback(self._relay_ended)

@@ -53,6 +53,7 @@ class Relay(Protocol):
         clock: IReactorTime,
         idle_timeout: float,
         observe: Callable[[bytes], None],
+        rewrite: Callable[[bytes], bytes] | None = None,
     ) -> None:
         """
         :param consumer: the client's request, written to as data arrives.
@@ -60,11 +61,14 @@ class Relay(Protocol):
             time spent paused by a slow client does not count.
         :param observe: called with every chunk after it is written, for the
             exchange record; it must be cheap and must not raise.
+        :param rewrite: changes the bytes the client gets (the observer still
+            sees the upstream's); None for a byte-for-byte relay.
         """
         self._consumer = consumer
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._observe = observe
+        self._rewrite = rewrite
         self._idle: IDelayedCall | None = None
         self._registered = False
         self._paused = False
@@ -81,7 +85,12 @@ class Relay(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.stopped:
             return
-        self._consumer.write(data)
+        if self._rewrite is None:
+            self._consumer.write(data)
+        else:
+            relayed = self._rewrite(data)
+            if relayed:
+                self._consumer.write(relayed)
         self._observe(data)
         if self._idle is not None and self._idle.active():
             self._idle.reset(self._idle_timeout)
