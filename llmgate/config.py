@@ -123,6 +123,17 @@ class UsageConfig:
 
 
 @attrs.frozen
+class ManholeConfig:
+    enabled: bool = False
+    #: A UNIX socket (made mode 600) or a loopback TCP endpoint.
+    listen: str = "unix:/run/llmgate/manhole.sock:mode=600"
+    authorized_keys: str | None = None
+    #: Where the console's SSH host key is kept (created if missing); None:
+    #: a new key each start.
+    host_key: str | None = None
+
+
+@attrs.frozen
 class GatewayConfig:
     server: ServerConfig = ServerConfig()
     llm: LLMConfig = LLMConfig()
@@ -131,6 +142,7 @@ class GatewayConfig:
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     usage: UsageConfig = UsageConfig()
+    manhole: ManholeConfig = ManholeConfig()
     #: Where the file part came from, for messages; None when there was none.
     source: str | None = None
 
@@ -237,7 +249,9 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
     :class:`GatewayConfig`.
     """
     top = _Section(document, "")
-    top.allow({"server", "llm", "middlewares", "session", "logging", "metrics", "usage"})
+    top.allow(
+        {"server", "llm", "middlewares", "session", "logging", "metrics", "usage", "manhole"}
+    )
     config = GatewayConfig(
         server=_server(top.section("server")),
         llm=_llm(top.section("llm")),
@@ -246,6 +260,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
         logging=_logging(top.section("logging")),
         metrics=_metrics(top.section("metrics")),
         usage=_usage(top.section("usage")),
+        manhole=_manhole(top.section("manhole")),
         source=source,
     )
     return config
@@ -377,6 +392,25 @@ def _usage(section: _Section) -> UsageConfig:
     section.allow({"include_stream_usage"})
     return UsageConfig(
         include_stream_usage=section.boolean("include_stream_usage", False)
+    )
+
+
+def _manhole(section: _Section) -> ManholeConfig:
+    section.allow(set(attrs.fields_dict(ManholeConfig)))
+    enabled = section.boolean("enabled", False)
+    authorized_keys = section.optional_string("authorized_keys")
+    if enabled and not authorized_keys:
+        raise ConfigError("manhole.authorized_keys: is required when the manhole is enabled")
+    listen = section.string("listen", ManholeConfig().listen)
+    if enabled:
+        from llmgate.console import check_listen
+
+        listen = check_listen(listen)
+    return ManholeConfig(
+        enabled=enabled,
+        listen=listen,
+        authorized_keys=authorized_keys,
+        host_key=section.optional_string("host_key"),
     )
 
 

@@ -415,6 +415,26 @@ class Call:
         if relay is not None:
             relay.stop()
 
+    def abort(self) -> None:
+        """
+        Cut the call (shutdown timeout): the client's connection is closed
+        and the upstream request dropped.
+        """
+        if self._done:
+            return
+        exchange = self.exchange
+        exchange.error, exchange.error_kind = "gateway shutting down", "shutdown"
+        upstream, self._upstream = self._upstream, None
+        relay = self._relay
+        self._complete()
+        if upstream is not None:
+            upstream.cancel()
+        if relay is not None:
+            relay.stop()
+        transport = getattr(self.request.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             if self._timer.active():

@@ -7,17 +7,21 @@ listening service, under one ``MultiService``.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
-from llmgate import __version__
+from llmgate import __version__, systemd
 from llmgate.app import Gateway
-from llmgate.config import GatewayConfig
+from llmgate.config import ConfigError, GatewayConfig
 from llmgate.forward import Forwarder, make_agent
 from llmgate.pool import make_pool
 from llmgate.logs import make_observer
@@ -116,20 +120,43 @@ class GatewayParts:
 
 class GatewayService(MultiService):
     """
-    The daemon: listens on the configured endpoint and closes the upstream
-    pool on the way down.
+    The daemon: listens on the configured endpoint, tells systemd when it is
+    ready and when it stops, and on the way down lets calls in flight finish
+    (up to ``server.shutdown_timeout``), writes pending traces and closes
+    the upstream pool.
     """
 
     log = Logger()
 
-    def __init__(self, config: GatewayConfig, reactor: Any) -> None:
+    def __init__(self, config: GatewayConfig, reactor: Any, worker: int | str = 0) -> None:
         super().__init__()
         self.config = config
-        self.parts = GatewayParts(config, reactor)
-        self.listener = strports.service(
-            config.server.endpoint(), self.parts.site, reactor=reactor
-        )
+        self.reactor = reactor
+        self.parts = GatewayParts(config, reactor, worker)
+        try:
+            self.listener = strports.service(
+                config.server.endpoint(), self.parts.site, reactor=reactor
+            )
+        except Exception as error:  # the endpoint's own complaint, in one line
+            raise ConfigError(
+                f"server.listen: cannot listen on {config.server.endpoint()!r} "
+                f"({type(error).__name__}: {error})"
+            ) from None
         self.listener.setServiceParent(self)
+        self._stopping = False
+        self.console = None
+        if config.manhole.enabled:
+            from llmgate.console import make_console
+
+            assert config.manhole.authorized_keys is not None
+            self.console = make_console(
+                config.manhole.listen,
+                config.manhole.authorized_keys,
+                config.manhole.host_key,
+                self.console_namespace,
+                reactor,
+            )
+            self.console.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd writes its log through an ILogObserver component of the
@@ -138,23 +165,57 @@ class GatewayService(MultiService):
             parent.setComponent(ILogObserver, make_observer(self.config.logging))
         super().setServiceParent(parent)
 
+    def console_namespace(self) -> dict[str, Any]:
+        """
+        What an operator finds in a new console session.  No secret is
+        referenced here; the console is still a full Python shell, for
+        trusted operators only.
+        """
+        parts = self.parts
+        return {
+            "config": parts.config_view(),
+            "sessions": parts.sessions.detector.store if parts.sessions else None,
+            "metrics": parts.metrics.json_view,
+            "pool": parts.pool,
+            "exchanges": parts.forwarder.open_calls,
+            "service": self,
+            "reactor": self.reactor,
+        }
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            # A port in use is an operator's mistake: one line, no traceback.
+            self.log.critical("cannot listen: {error}", error=str(error))
+            raise SystemExit(2) from None
+
     def startService(self) -> None:
         super().startService()
         # Services start before the reactor installs its own signal
         # handlers; take SIGTERM over once it has.
-        self.parts.reactor.callWhenRunning(self._take_sigterm)
+        self.reactor.callWhenRunning(self._take_sigterm)
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
         config = self.config
+        traces = [
+            m.state().get("directory") for m in self.parts.middlewares if m.name == "trace"
+        ]
         self.log.info(
             "llmgate {version} listening on {listen}, relaying to {upstream} "
-            "({provider}, key {key}), middleware: {middleware}",
+            "({provider}, key {key}), middleware: {middleware}, traces: {traces}, "
+            "console: {console}",
             version=__version__,
             listen=config.server.endpoint(),
-            upstream=config.llm.base_url,
+            upstream=_without_userinfo(config.llm.base_url),
             provider=config.llm.type,
-            key="injected" if config.llm.api_key else "from client",
-            middleware=", ".join(m.type for m in config.middlewares if m.enabled)
-            or "none",
+            key="injected" if config.llm.api_key else "from clients",
+            middleware=", ".join(m.type for m in config.middlewares if m.enabled) or "none",
+            traces=", ".join(str(t) for t in traces) or "off",
+            console=config.manhole.listen if config.manhole.enabled else "off",
         )
+        systemd.notify("READY=1\nSTATUS=serving")
 
     def _take_sigterm(self) -> None:
         """
@@ -163,20 +224,77 @@ class GatewayService(MultiService):
         """
         if threading.current_thread() is not threading.main_thread():
             return
-        reactor = self.parts.reactor
+        reactor = self.reactor
+
+        def stop_once() -> None:
+            if reactor.running and not self._stopping:
+                self._stopping = True
+                reactor.stop()
 
         def stop(signum: int, frame: Any) -> None:
-            self.log.info("SIGTERM received: stopping")
-            reactor.callFromThread(reactor.stop)
+            reactor.callFromThread(stop_once)
 
         signal.signal(signal.SIGTERM, stop)
 
-    def stopService(self) -> Any:
-        d = super().stopService()
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop accepting, drain, flush, close.
+        """
+        systemd.notify("STOPPING=1")
+        self.log.info(
+            "stopping: {calls} calls in flight, waiting up to {timeout}s",
+            calls=len(self.parts.forwarder.open_calls),
+            timeout=self.config.server.shutdown_timeout,
+        )
+        d = maybeDeferred(self.listener.stopService)
+        d.addCallback(lambda _: self._drain())
+        d.addCallback(lambda _: self.parts.pipeline.close())
+        d.addCallback(lambda _: self.parts.pool.closeCachedConnections())
+        d.addCallback(lambda _: self._stop_others())
+        d.addErrback(lambda f: self.log.failure("error while stopping", f))
+        return d
 
-        def close(result: Any) -> Any:
-            closing = self.parts.pipeline.close()
-            closing.addCallback(lambda _: self.parts.pool.closeCachedConnections())
-            return closing
+    def _stop_others(self) -> Deferred[Any]:
+        Service.stopService(self)
+        return gatherResults(
+            [
+                maybeDeferred(child.stopService)
+                for child in self
+                if child is not self.listener and child.running
+            ]
+        )
 
-        return d.addBoth(close)
+    def _drain(self) -> Deferred[None]:
+        """
+        Wait until no call is open, or the shutdown timeout passes (the
+        remaining calls are then cut).
+        """
+        forwarder = self.parts.forwarder
+        done: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + self.config.server.shutdown_timeout
+
+        def check() -> None:
+            if not forwarder.open_calls:
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                self.log.warn(
+                    "shutdown timeout: cutting {calls} calls", calls=len(forwarder.open_calls)
+                )
+                for call in list(forwarder.open_calls.values()):
+                    call.abort()
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.05, check)
+
+        check()
+        return done
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
