@@ -6,6 +6,7 @@ and a catch-all route that hands every other call to the forwarder.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, Callable
 
 from klein import Klein
@@ -15,6 +16,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from llmgate import __version__
+from llmgate.auth import presented_token, token_allowed
 from llmgate.forward import Forwarder
 from llmgate.metrics import Metrics, wants_prometheus
 
@@ -51,6 +53,12 @@ class Gateway:
     ) -> None:
         self.forwarder = forwarder
         self.metrics = metrics
+        config = forwarder.config
+        self.allowed_paths = tuple(p.encode("utf-8") for p in config.llm.allowed_paths or ())
+        self.max_concurrent = config.server.max_concurrent
+        self.admin_tokens = config.auth.admin_token_hashes
+        #: Calls refused here, by reason, for /metrics.
+        self.refused: Counter[str] = Counter()
         self.provider = forwarder.provider
         self._config_view = config_view
         self._metrics_view = metrics_view
@@ -66,14 +74,22 @@ class Gateway:
 
     @app.route("/config", methods=["GET", "HEAD"])
     def config(self, request: Request) -> bytes:
+        refused = self._admin_refusal(request)
+        if refused is not None:
+            return refused
         return _json(request, self._config_view())
 
     @app.route("/metrics", methods=["GET", "HEAD"])
     def metrics(self, request: Request) -> bytes:
+        refused = self._admin_refusal(request)
+        if refused is not None:
+            return refused
         metrics = self.metrics
+        if metrics is None:
+            return self._error(request, 404, "metrics are disabled", "metrics_disabled")
         fmt = (request.args.get(b"format") or [None])[0]
         accept = request.getHeader(b"accept")
-        if metrics is not None and wants_prometheus(fmt, accept):
+        if wants_prometheus(fmt, accept):
             body, content_type = metrics.prometheus(accept.decode("latin-1") if accept else None)
             request.setHeader(b"content-type", content_type.encode("ascii"))
             request.setHeader(b"cache-control", b"no-store")
@@ -85,8 +101,28 @@ class Gateway:
     )
     def proxy(self, request: Request) -> Any:
         if not request.uri.startswith(b"/"):
+            self.refused["bad_request"] += 1
             return self._error(request, 400, "request target must be a path", "bad_request")
+        if self.allowed_paths and not request.path.startswith(self.allowed_paths):
+            self.refused["forbidden_path"] += 1
+            return self._error(request, 403, "path not allowed by this gateway", "forbidden_path")
+        if self.max_concurrent and len(self.forwarder.open_calls) >= self.max_concurrent:
+            self.refused["overloaded"] += 1
+            request.setHeader(b"retry-after", b"1")
+            return self._error(request, 503, "gateway at its concurrency limit", "overloaded")
         return self.forwarder.forward(request)
+
+    def _admin_refusal(self, request: Request) -> bytes | None:
+        """
+        With ``auth.admin_tokens`` set, /config and /metrics need one of them.
+        """
+        if not self.admin_tokens:
+            return None
+        if token_allowed(presented_token(request.requestHeaders), self.admin_tokens):
+            return None
+        self.refused["unauthorized_admin"] += 1
+        request.setHeader(b"www-authenticate", b"Bearer")
+        return self._error(request, 401, "admin token required", "unauthorized")
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: Request, failure: Failure) -> bytes:

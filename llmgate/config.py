@@ -51,6 +51,17 @@ class ServerConfig:
     listen: str | None = None
     max_request_body: int = 20 * 1024 * 1024
     shutdown_timeout: float = 30.0
+    #: Calls in progress at most; beyond, 503 with Retry-After.  0: no limit.
+    max_concurrent: int = 1024
+    #: Seconds a client has to send a whole request (head and body): a
+    #: client trickling bytes is cut off with 408.
+    request_timeout: float = 60.0
+    #: Header lines and bytes of a request head at most; beyond, 431.
+    max_headers: int = 100
+    max_header_bytes: int = 32768
+    #: Injecting a key while listening beyond loopback without client auth
+    #: makes an open relay: refused at start unless this says it is meant.
+    allow_open_relay: bool = False
 
     def endpoint(self) -> str:
         """
@@ -74,6 +85,14 @@ class LLMConfig:
     #: Header that carries an injected key, for OpenAI-compatible providers
     #: with another convention (Azure's ``api-key``).  None: the provider's own.
     auth_header: str | None = None
+    #: Path prefixes clients may call; others get 403.  None: any path.
+    allowed_paths: tuple[str, ...] | None = None
+    #: A PEM file of CA certificates to trust for the upstream, instead of
+    #: the system's.
+    ca_file: str | None = None
+    #: Verify the upstream's certificate (turning it off logs a warning at
+    #: every start).
+    tls_verify: bool = True
     #: Idle upstream connections kept open for reuse.
     max_idle_connections: int = 100
     #: Seconds an idle upstream connection is kept; below the upstream's own
@@ -111,6 +130,17 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class AuthConfig:
+    #: SHA-256 digests of the client tokens; the tokens themselves are not kept.
+    token_hashes: frozenset[bytes] = attrs.field(default=frozenset(), repr=False)
+    admin_token_hashes: frozenset[bytes] = attrs.field(default=frozenset(), repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token_hashes)
+
+
+@attrs.frozen
 class MetricsConfig:
     enabled: bool = True
 
@@ -143,6 +173,7 @@ class GatewayConfig:
     metrics: MetricsConfig = MetricsConfig()
     usage: UsageConfig = UsageConfig()
     manhole: ManholeConfig = ManholeConfig()
+    auth: AuthConfig = AuthConfig()
     #: Where the file part came from, for messages; None when there was none.
     source: str | None = None
 
@@ -153,6 +184,10 @@ class GatewayConfig:
         """
         data = attrs.asdict(self, recurse=True)
         data["llm"]["api_key"] = {"configured": self.llm.api_key is not None}
+        data["auth"] = {
+            "client_tokens": len(self.auth.token_hashes),
+            "admin_tokens": len(self.auth.admin_token_hashes),
+        }
         return data
 
 
@@ -250,7 +285,10 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
     """
     top = _Section(document, "")
     top.allow(
-        {"server", "llm", "middlewares", "session", "logging", "metrics", "usage", "manhole"}
+        {
+            "server", "llm", "middlewares", "session", "logging", "metrics", "usage",
+            "manhole", "auth",
+        }
     )
     config = GatewayConfig(
         server=_server(top.section("server")),
@@ -261,9 +299,99 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
         metrics=_metrics(top.section("metrics")),
         usage=_usage(top.section("usage")),
         manhole=_manhole(top.section("manhole")),
+        auth=_auth(top.section("auth")),
         source=source,
     )
+    _refuse_open_relay(config)
     return config
+
+
+def _refuse_open_relay(config: GatewayConfig) -> None:
+    """
+    A gateway that injects a key, is reachable from other machines and lets
+    anyone in spends the key for anyone: refuse it unless it is meant.
+    """
+    server = config.server
+    if config.llm.api_key is None or config.auth.enabled or server.allow_open_relay:
+        return
+    if server.listen is not None:
+        if not server.listen.startswith(("unix:", "systemd:")) and not _loopback_listen(
+            server.listen
+        ):
+            raise ConfigError(
+                f"server.listen: {server.listen!r} with an injected key and no client "
+                "auth is an open relay; set auth.tokens, listen on loopback, or "
+                "server.allow_open_relay: true"
+            )
+        return
+    if not _is_loopback(server.host):
+        raise ConfigError(
+            f"server.host: {server.host!r} with an injected key and no client auth is "
+            "an open relay; set auth.tokens, listen on 127.0.0.1, or "
+            "server.allow_open_relay: true"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_listen(description: str) -> bool:
+    for part in description.split(":"):
+        if part.startswith("interface="):
+            return _is_loopback(part[len("interface="):].replace("\\", ""))
+    return False
+
+
+def _auth(section: _Section) -> AuthConfig:
+    section.allow({"tokens", "tokens_file", "admin_tokens", "admin_tokens_file"})
+    tokens = _tokens(section, "tokens") | _tokens_file(section, "tokens_file")
+    admin = _tokens(section, "admin_tokens") | _tokens_file(section, "admin_tokens_file")
+    return AuthConfig(token_hashes=frozenset(tokens), admin_token_hashes=frozenset(admin))
+
+
+def token_hash(token: str | bytes) -> bytes:
+    import hashlib
+
+    if isinstance(token, str):
+        token = token.encode("utf-8")
+    return hashlib.sha256(token).digest()
+
+
+def _tokens(section: _Section, key: str) -> set[bytes]:
+    value = section.get(key, None)
+    if value is None:
+        return set()
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise ConfigError(f"{_join(section.name, key)}: must be a list of non-empty strings")
+    short = [t for t in value if len(t) < 16]
+    if short:
+        raise ConfigError(f"{_join(section.name, key)}: every token needs 16 characters or more")
+    return {token_hash(t) for t in value}
+
+
+def _tokens_file(section: _Section, key: str) -> set[bytes]:
+    path = section.optional_string(key)
+    if path is None:
+        return set()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle]
+    except OSError as error:
+        raise ConfigError(
+            f"{_join(section.name, key)}: cannot read {path}: {error.strerror}"
+        ) from None
+    tokens = [line for line in lines if line and not line.startswith("#")]
+    if any(len(t) < 16 for t in tokens):
+        raise ConfigError(f"{_join(section.name, key)}: every token in {path} needs 16 characters or more")
+    return {token_hash(t) for t in tokens}
 
 
 def _server(section: _Section) -> ServerConfig:
@@ -286,6 +414,17 @@ def _server(section: _Section) -> ServerConfig:
         shutdown_timeout=section.number(
             "shutdown_timeout", _DEFAULTS_ServerConfig.shutdown_timeout, 0, 86400
         ),
+        max_concurrent=section.integer(
+            "max_concurrent", _DEFAULTS_ServerConfig.max_concurrent, 0, 10**7
+        ),
+        request_timeout=section.number(
+            "request_timeout", _DEFAULTS_ServerConfig.request_timeout, 0.1, 86400
+        ),
+        max_headers=section.integer("max_headers", _DEFAULTS_ServerConfig.max_headers, 1, 10_000),
+        max_header_bytes=section.integer(
+            "max_header_bytes", _DEFAULTS_ServerConfig.max_header_bytes, 256, 10**7
+        ),
+        allow_open_relay=section.boolean("allow_open_relay", False),
     )
 
 
@@ -306,8 +445,21 @@ def _llm(section: _Section) -> LLMConfig:
     auth_header = section.optional_string("auth_header")
     if auth_header is not None and not re.fullmatch(r"[A-Za-z0-9-]+", auth_header):
         section.fail("auth_header", auth_header, "is not a header name")
+    allowed = section.get("allowed_paths", None)
+    if allowed is not None:
+        if not isinstance(allowed, list) or not all(
+            isinstance(p, str) and p.startswith("/") for p in allowed
+        ):
+            section.fail("allowed_paths", allowed, "must be a list of paths starting with /")
+        allowed = tuple(allowed)
+    ca_file = section.optional_string("ca_file")
+    if ca_file is not None and not os.path.isfile(ca_file):
+        section.fail("ca_file", ca_file, "is not a readable file")
     return LLMConfig(
         base_url=base_url,
+        allowed_paths=allowed,
+        ca_file=ca_file,
+        tls_verify=section.boolean("tls_verify", True),
         type=kind,
         api_key=api_key,
         timeout=section.number("timeout", _DEFAULTS_LLMConfig.timeout, 0.001, 86400),

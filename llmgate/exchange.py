@@ -96,6 +96,8 @@ class Exchange:
     headers_relayed_at: float | None = None
     first_byte_at: float | None = None
     ended_at: float | None = None
+    #: The status the gateway answered with itself (an error, a local answer).
+    sent_status: int | None = None
     #: Why the call failed, in words safe to show (no secret); None if it did not.
     error: str | None = None
     #: Short machine-readable reason for ``error`` (``upstream_timeout``...).

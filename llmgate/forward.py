@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.internet import ssl
+from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -65,15 +66,50 @@ class BytesProducer:
         pass
 
 
+@implementer(IPolicyForHTTPS)
+class _NoVerification:
+    """
+    TLS without certificate checks, for ``llm.tls_verify: false`` only.
+    """
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return ssl.CertificateOptions(verify=False)
+
+
+def tls_policy(ca_file: str | None, verify: bool) -> IPolicyForHTTPS:
+    """
+    How the upstream's certificate is checked: against the system's CAs (the
+    way a browser does, with service_identity), against ``ca_file``, or not
+    at all.
+    """
+    if not verify:
+        return _NoVerification()
+    if ca_file:
+        with open(ca_file, "rb") as handle:
+            pem = handle.read()
+        certificates = [
+            ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
+            for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+        ]
+        return client.BrowserLikePolicyForHTTPS(
+            trustRoot=ssl.trustRootFromCertificates(certificates)
+        )
+    return client.BrowserLikePolicyForHTTPS()
+
+
 def make_agent(
-    reactor: Any, pool: client.HTTPConnectionPool, connect_timeout: float
+    reactor: Any,
+    pool: client.HTTPConnectionPool,
+    connect_timeout: float,
+    policy: IPolicyForHTTPS | None = None,
 ) -> IAgent:
     """
-    An agent that verifies upstream certificates the way a browser does.
+    The agent the forwarder sends with: pooled, and verifying upstream
+    certificates by ``policy`` (the browser-like default when None).
     """
     return client.Agent(
         reactor,
-        contextFactory=client.BrowserLikePolicyForHTTPS(),
+        contextFactory=policy or client.BrowserLikePolicyForHTTPS(),
         connectTimeout=connect_timeout,
         pool=pool,
     )
@@ -139,7 +175,8 @@ class Forwarder:
             self.strip = CREDENTIAL_HEADERS | {header}
         else:
             self.credential = None
-            self.strip = frozenset()
+            # A client's gateway token is the gateway's, never the upstream's.
+            self.strip = CREDENTIAL_HEADERS if config.auth.enabled else frozenset()
         self.defaults = provider.extra_request_headers()
         self.open_calls: dict[str, Call] = {}
         self.include_stream_usage = config.usage.include_stream_usage
@@ -269,6 +306,7 @@ class Call:
             kind=kind,
             exchange_id=exchange.id,
         )
+        exchange.sent_status = status
         body = self.forwarder.error_answer(self.request, status, message, kind)
         self._write_and_finish(body)
 

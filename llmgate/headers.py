@@ -67,8 +67,8 @@ def outbound_request_headers(
     :param headers: the client's request headers.
     :param credential: ``(name, value)`` of an injected key, or None to let the
         client's own credential through.
-    :param strip: lower-case names of credential headers removed when a key
-        is injected.
+    :param strip: lower-case names of credential headers to remove (when a
+        key is injected, or clients present gateway tokens).
     :param defaults: headers added only when the client sent none.
     """
     raw = list(headers.getAllRawHeaders())
@@ -83,7 +83,7 @@ def outbound_request_headers(
             or lower.startswith(CONTROL_PREFIX)
         ):
             continue
-        if credential is not None and lower in strip:
+        if lower in strip:
             continue
         if lower == b"accept-encoding":
             values = [_observable_encodings(values)]

@@ -28,6 +28,9 @@ disable_created_metrics()
 MAX_MODELS = 100
 OTHER_MODEL = "other"
 
+#: Error kinds that are the gateway's own decisions, not upstream failures.
+LOCAL_KINDS = frozenset({"client_gone", "unauthorized", "shutdown"})
+
 #: Latency samples kept per summary, for the JSON view's percentiles.
 RESERVOIR = 2048
 
@@ -75,6 +78,8 @@ def status_class(exchange: Exchange) -> str:
     response = exchange.response
     if response is not None and response.status is not None:
         return f"{response.status // 100}xx"
+    if exchange.sent_status is not None:
+        return f"{exchange.sent_status // 100}xx"
     if exchange.client_gone:
         return "client_gone"
     return "error"
@@ -99,6 +104,7 @@ class Metrics(Middleware):
         self.requests: Counter[tuple[str, str, str]] = Counter()
         self.errors: Counter[str] = Counter()
         self.tokens: Counter[tuple[str, str]] = Counter()
+        self.client_disconnects = 0
         self.duration = Summary()
         self.ttfb = Summary()
         self.overhead = Summary()
@@ -110,6 +116,10 @@ class Metrics(Middleware):
         )
         self._prom_errors = PromCounter(
             "llmgate_upstream_errors", "Failed calls by kind.", ["kind"], registry=self.registry,
+        )
+        self._prom_disconnects = PromCounter(
+            "llmgate_client_disconnects", "Calls the client left before the answer ended.",
+            registry=self.registry,
         )
         self._prom_duration = Histogram(
             "gen_ai_client_operation_duration_seconds",
@@ -143,7 +153,10 @@ class Metrics(Middleware):
         klass = status_class(exchange)
         self.requests[(provider, model, klass)] += 1
         self._prom_requests.labels(provider, model, klass).inc()
-        if exchange.error_kind is not None:
+        if exchange.client_gone:
+            self.client_disconnects += 1
+            self._prom_disconnects.inc()
+        elif exchange.error_kind is not None and exchange.error_kind not in LOCAL_KINDS:
             self.errors[exchange.error_kind] += 1
             self._prom_errors.labels(exchange.error_kind).inc()
         duration = exchange.duration
@@ -214,6 +227,7 @@ class Metrics(Middleware):
             },
             "tokens": tokens,
             "upstream_errors": dict(self.errors),
+            "client_disconnects": self.client_disconnects,
             "requests_refused": dict(self._live("refused", {})),
             "traces": {
                 "written": sum(t.get("files_written", 0) for t in traces),
@@ -237,12 +251,25 @@ def wants_prometheus(query_format: bytes | None, accept: bytes | None) -> bool:
     Whether ``/metrics`` should answer in Prometheus text: asked by
     ``?format=prometheus`` or by a scraper's ``Accept`` header.
     """
-    if query_format is not None:
+    if query_format:
         return query_format.lower() in (b"prometheus", b"openmetrics")
-    if accept:
-        accept = accept.lower()
-        return b"openmetrics" in accept or b"text/plain" in accept
-    return False
+    if not accept:
+        return False
+    prometheus = json_q = 0.0
+    for item in accept.lower().split(b","):
+        kind, *params = [p.strip() for p in item.split(b";")]
+        q = 1.0
+        for param in params:
+            if param.startswith(b"q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        if kind in (b"application/openmetrics-text", b"text/plain"):
+            prometheus = max(prometheus, q)
+        elif kind == b"application/json":
+            json_q = max(json_q, q)
+    return prometheus > 0 and prometheus > json_q
 
 
 class _LiveCollector:

@@ -6,9 +6,12 @@ printer middleware logs calls, through ``twisted.logger``).
 
 from __future__ import annotations
 
+from collections import Counter
 from io import BytesIO
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from llmgate.providers import Provider
@@ -58,7 +61,7 @@ class GatewayRequest(Request):
         # Do not invite the client to send the body we refuse.
         self.requestHeaders.removeHeader(b"expect")
         site: GatewaySite = self.channel.site
-        site.refused_bodies += 1
+        site.refused["body_too_large"] += 1
         limit = site.max_request_body
         body = site.provider.error_body(
             413, f"request body exceeds {limit} bytes", "request_too_large"
@@ -74,24 +77,111 @@ class GatewayRequest(Request):
         self.channel.loseConnection()
 
 
+class GatewayChannel(HTTPChannel):
+    """
+    An HTTP connection that answers protocol abuse with a JSON error:
+    malformed requests (400), oversized heads (431), and clients that take
+    longer than ``server.request_timeout`` to send a whole request (408),
+    however slowly they trickle it.
+    """
+
+    _deadline: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and not self._handlingRequest:
+            site: GatewaySite = self.site
+            self._deadline = site.clock.callLater(site.request_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._refuse(408, "request_timeout", "request not received in time")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        if (
+            self._receivedHeaderSize > self.totalHeadersSize
+            or self._receivedHeaderCount > self.maxHeaders
+        ):
+            self._refuse(431, "headers_too_large", "request headers too large")
+        else:
+            self._refuse(400, "bad_request", "malformed HTTP request")
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        self._cancel_deadline()
+        site: GatewaySite = self.site
+        site.refused[reason] += 1
+        body = site.provider.error_body(status, message, reason)
+        phrase = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, phrase[status], len(body), body)
+        )
+        self.loseConnection()
+        # Drop whatever else this client sends.
+        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
+
+
 class GatewaySite(Site):
     """
     The gateway's site.
 
-    :ivar refused_bodies: requests refused for their body size.
+    :ivar refused: requests refused before they reached the gateway's
+        routes, by reason (``body_too_large``, ``headers_too_large``,
+        ``bad_request``, ``request_timeout``).
     """
 
     requestFactory = GatewayRequest
+    protocol = GatewayChannel
     displayTracebacks = False
     noisy = False
 
     def __init__(
-        self, resource: Any, provider: Provider, max_request_body: int, **kwargs: Any
+        self,
+        resource: Any,
+        provider: Provider,
+        max_request_body: int,
+        request_timeout: float = 60.0,
+        max_headers: int = 100,
+        max_header_bytes: int = 32768,
+        clock: Any = None,
+        idle_timeout: float = 120.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(resource, **kwargs)
+        super().__init__(resource, timeout=idle_timeout, **kwargs)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.provider = provider
         self.max_request_body = max_request_body
-        self.refused_bodies = 0
+        self.request_timeout = request_timeout
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+        self.refused: Counter[str] = Counter()
+
+    @property
+    def refused_bodies(self) -> int:
+        return self.refused["body_too_large"]
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.maxHeaders = self.max_headers
+        channel.totalHeadersSize = self.max_header_bytes
+        channel.callLater = self.clock.callLater
+        return channel
 
     def log(self, request: Request) -> None:
         """

@@ -22,7 +22,8 @@ from twisted.python.components import Componentized
 from llmgate import __version__, systemd
 from llmgate.app import Gateway
 from llmgate.config import ConfigError, GatewayConfig
-from llmgate.forward import Forwarder, make_agent
+from llmgate.auth import AuthStage
+from llmgate.forward import Forwarder, make_agent, tls_policy
 from llmgate.pool import make_pool
 from llmgate.logs import make_observer
 from llmgate.metrics import Metrics
@@ -41,15 +42,26 @@ class GatewayParts:
     service share this assembly.
     """
 
+    log = Logger()
+
     def __init__(self, config: GatewayConfig, reactor: Any, worker: int | str = 0) -> None:
         self.config = config
         self.reactor = reactor
         self.provider = provider_for(config.llm.type, config.llm.auth_header)
         self.pool = make_pool(reactor, config)
-        self.agent = make_agent(reactor, self.pool, connect_timeout=config.llm.timeout)
+        self.agent = make_agent(
+            reactor,
+            self.pool,
+            connect_timeout=config.llm.timeout,
+            policy=tls_policy(config.llm.ca_file, config.llm.tls_verify),
+        )
         self.middlewares = build_middlewares(config, reactor)
         self.sessions: SessionStage | None = None
         stages: list[Any] = []
+        self.auth: AuthStage | None = None
+        if config.auth.enabled:
+            self.auth = AuthStage(config.auth.token_hashes, self.provider)
+            stages.append(self.auth)
         if config.session.enabled:
             store = MemorySessionStore(
                 reactor, config.session.max_sessions, config.session.session_ttl_seconds
@@ -61,7 +73,7 @@ class GatewayParts:
             sources={
                 "in_flight": lambda: len(self.forwarder.open_calls),
                 "streams_open": self._streams_open,
-                "refused": lambda: {"body_too_large": self.site.refused_bodies},
+                "refused": self._refused,
                 "middleware_errors": lambda: self.pipeline.errors,
                 "sessions": lambda: dict(self.sessions.state()) if self.sessions else None,
                 "traces": lambda: [
@@ -76,12 +88,19 @@ class GatewayParts:
             self.agent, config, self.provider, self.pipeline, reactor
         )
         self.gateway = Gateway(
-            self.forwarder, self.config_view, self.metrics.json_view, self.metrics
+            self.forwarder,
+            self.config_view,
+            self.metrics.json_view,
+            self.metrics if config.metrics.enabled else None,
         )
         self.site = GatewaySite(
             self.gateway.resource(),
             provider=self.provider,
             max_request_body=config.server.max_request_body,
+            request_timeout=config.server.request_timeout,
+            max_headers=config.server.max_headers,
+            max_header_bytes=config.server.max_header_bytes,
+            clock=reactor,
         )
 
     def config_view(self) -> dict[str, Any]:
@@ -91,24 +110,30 @@ class GatewayParts:
         """
         view = self.config.redacted()
         view["version"] = __version__
-        states = []
-        for spec, middleware in zip(
-            [m for m in self.config.middlewares if m.enabled], self.middlewares
-        ):
-            states.append(
-                {
-                    "type": spec.type,
-                    "enabled": spec.enabled,
-                    "state": dict(middleware.state()),
-                }
-            )
-        disabled = [
-            {"type": m.type, "enabled": False, "state": {}}
-            for m in self.config.middlewares
-            if not m.enabled
-        ]
-        view["middlewares"] = states + disabled
+        built = iter(self.middlewares)
+        listed = []
+        for spec in self.config.middlewares:
+            state = self._state_of(next(built)) if spec.enabled else {}
+            listed.append({"type": spec.type, "enabled": spec.enabled, "state": state})
+        view["middlewares"] = listed
+        view["sessions"] = dict(self.sessions.state()) if self.sessions else None
         return view
+
+    def _state_of(self, middleware: Any) -> dict[str, Any]:
+        try:
+            return dict(middleware.state())
+        except Exception:
+            name = getattr(middleware, "name", type(middleware).__name__)
+            self.pipeline.errors[name] += 1
+            self.log.failure("middleware {middleware} failed in state()", middleware=name)
+            return {"error": "state() raised"}
+
+    def _refused(self) -> dict[str, int]:
+        refused = dict(self.site.refused)
+        refused.update(self.gateway.refused)
+        if self.auth is not None:
+            refused["unauthorized"] = self.auth.refused
+        return refused
 
     def _streams_open(self) -> int:
         return sum(
@@ -199,6 +224,16 @@ class GatewayService(MultiService):
 
     def _ready(self) -> None:
         config = self.config
+        if config.server.allow_open_relay and config.llm.api_key and not config.auth.enabled:
+            self.log.warn(
+                "server.allow_open_relay is set: anyone who can reach {listen} spends "
+                "the injected key",
+                listen=config.server.endpoint(),
+            )
+        if not config.llm.tls_verify:
+            self.log.warn(
+                "llm.tls_verify is false: the upstream's certificate is not checked"
+            )
         traces = [
             m.state().get("directory") for m in self.parts.middlewares if m.name == "trace"
         ]

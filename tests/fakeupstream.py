@@ -442,3 +442,342 @@ class _CountedBigStream(_BigStream):
 
 
 __all__ = ["FakeUpstream", "Protocol", "deferLater"]
+
+
+# -- an agent's model, for the session simulation (tests/sessionsim.py) ---------
+
+
+def _sse(name: str | None, document: Any) -> bytes:
+    head = b"event: " + name.encode() + b"\n" if name else b""
+    return head + b"data: " + json.dumps(document).encode() + b"\n\n"
+
+
+def _pieces(text: str, size: int = 7) -> list[str]:
+    """
+    ``text`` cut in pieces of ``size`` characters, as a model streams JSON.
+    """
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+class AgentUpstream(FakeUpstream):
+    """
+    The fake upstream as an agent's model.
+
+    ``reply(body)`` returns either a str (a text answer) or a dict
+    ``{"text": str | None, "tool_calls": [{"name": str, "arguments": dict}]}``
+    (an answer that calls tools); every tool call gets a unique id.  Besides
+    chat completions and messages (plain and streamed, tool calls included)
+    it answers the OpenAI Responses API (``/v1/responses``, ids ``resp_<n>``),
+    and ``/fail/<any API path>`` answers 500 without calling ``reply``.
+    """
+
+    def __init__(self, clock: IReactorTime, gap: float = 0.0) -> None:
+        super().__init__(clock, gap)
+        self.serial = 0
+        counter = iter(range(1, 1 << 62))
+        self.reply = lambda body: f"answer {next(counter)} from the fake model"
+
+    def _next(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    def _answer(self, document: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+        reply: Any = self.reply(document)
+        if isinstance(reply, str):
+            return reply, []
+        return reply.get("text"), list(reply.get("tool_calls") or [])
+
+    # -- OpenAI chat completions ---------------------------------------------------
+
+    def do_v1_chat_completions(self, request: server.Request, document: dict[str, Any]) -> Any:
+        text, calls = self._answer(document)
+        model = document.get("model", "gpt-fake")
+        tool_calls = [
+            {
+                "id": f"call_{self._next():06d}",
+                "type": "function",
+                "function": {
+                    "name": call["name"],
+                    "arguments": json.dumps(call["arguments"], separators=(",", ":")),
+                },
+            }
+            for call in calls
+        ]
+        finish = "tool_calls" if tool_calls else "stop"
+        if document.get("stream"):
+            return self._stream(request, self._chat_chunks(text, tool_calls, model, finish, document))
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text,
+            "refusal": None,
+            "annotations": [],
+        }
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        answer = openai_completion("", model)
+        answer["id"] = f"chatcmpl-{self._next():06d}"
+        answer["choices"][0]["message"] = message
+        answer["choices"][0]["finish_reason"] = finish
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(answer).encode()
+
+    def _chat_chunks(
+        self,
+        text: str | None,
+        tool_calls: list[dict[str, Any]],
+        model: str,
+        finish: str,
+        document: dict[str, Any],
+    ) -> list[bytes]:
+        ident = f"chatcmpl-{self._next():06d}"
+
+        def chunk(delta: dict[str, Any], reason: str | None = None) -> bytes:
+            return _sse(
+                None,
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": 1700000000,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+                },
+            )
+
+        events = [chunk({"role": "assistant", "content": "" if text is not None else None, "refusal": None})]
+        if text is not None:
+            events += [chunk({"content": word}) for word in _words(text)]
+        for index, call in enumerate(tool_calls):
+            events.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": call["function"]["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+            events += [
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                for piece in _pieces(call["function"]["arguments"])
+            ]
+        events.append(chunk({}, finish))
+        if (document.get("stream_options") or {}).get("include_usage"):
+            events.append(
+                _sse(
+                    None,
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": 1700000000,
+                        "model": model,
+                        "choices": [],
+                        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+                    },
+                )
+            )
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    # -- Anthropic messages ---------------------------------------------------------
+
+    def do_v1_messages(self, request: server.Request, document: dict[str, Any]) -> Any:
+        text, calls = self._answer(document)
+        model = document.get("model", "claude-fake")
+        blocks: list[dict[str, Any]] = []
+        if text is not None:
+            blocks.append({"type": "text", "text": text})
+        for call in calls:
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{self._next():06d}",
+                    "name": call["name"],
+                    "input": call["arguments"],
+                }
+            )
+        message = anthropic_message("", model)
+        message["id"] = f"msg_{self._next():06d}"
+        message["content"] = blocks
+        message["stop_reason"] = "tool_use" if calls else "end_turn"
+        if document.get("stream"):
+            return self._stream(request, self._anthropic_events(message))
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(message).encode()
+
+    def _anthropic_events(self, message: dict[str, Any]) -> list[bytes]:
+        start = dict(message, content=[], stop_reason=None, usage={"input_tokens": 13, "output_tokens": 1})
+        events = [_sse("message_start", {"type": "message_start", "message": start})]
+        for index, block in enumerate(message["content"]):
+            if block["type"] == "text":
+                opening: dict[str, Any] = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": word} for word in _words(block["text"])]
+            else:
+                opening = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+                deltas = [
+                    {"type": "input_json_delta", "partial_json": piece}
+                    for piece in _pieces(json.dumps(block["input"]))
+                ]
+            events.append(
+                _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": opening})
+            )
+            if index == 0:
+                events.append(_sse("ping", {"type": "ping"}))
+            events += [
+                _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+                for delta in deltas
+            ]
+            events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+        events.append(
+            _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                    "usage": {"output_tokens": 9},
+                },
+            )
+        )
+        events.append(_sse("message_stop", {"type": "message_stop"}))
+        return events
+
+    # -- OpenAI Responses API ---------------------------------------------------------
+
+    def do_v1_responses(self, request: server.Request, document: dict[str, Any]) -> Any:
+        text, calls = self._answer(document)
+        serial = self._next()
+        output: list[dict[str, Any]] = []
+        if text is not None:
+            output.append(
+                {
+                    "type": "message",
+                    "id": f"msg_{serial:06d}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            )
+        for call in calls:
+            number = self._next()
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_{number:06d}",
+                    "call_id": f"call_{number:06d}",
+                    "name": call["name"],
+                    "arguments": json.dumps(call["arguments"], separators=(",", ":")),
+                    "status": "completed",
+                }
+            )
+        response = {
+            "id": f"resp_{serial:06d}",
+            "object": "response",
+            "created_at": 1700000000,
+            "status": "completed",
+            "model": document.get("model", "gpt-fake"),
+            "previous_response_id": document.get("previous_response_id"),
+            "output": output,
+            "usage": {"input_tokens": 11, "output_tokens": 7, "total_tokens": 18},
+        }
+        if not document.get("stream"):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(response).encode()
+        sequence = iter(range(1 << 30))
+
+        def event(kind: str, **fields: Any) -> bytes:
+            return _sse(kind, {"type": kind, "sequence_number": next(sequence), **fields})
+
+        opening = dict(response, status="in_progress", output=[], usage=None)
+        events = [event("response.created", response=opening), event("response.in_progress", response=opening)]
+        for index, item in enumerate(output):
+            if item["type"] == "message":
+                events.append(
+                    event("response.output_item.added", output_index=index, item=dict(item, status="in_progress", content=[]))
+                )
+                events += [
+                    event(
+                        "response.output_text.delta",
+                        item_id=item["id"], output_index=index, content_index=0, delta=word,
+                    )
+                    for word in _words(item["content"][0]["text"])
+                ]
+                events.append(
+                    event(
+                        "response.output_text.done",
+                        item_id=item["id"], output_index=index, content_index=0, text=item["content"][0]["text"],
+                    )
+                )
+            else:
+                events.append(
+                    event("response.output_item.added", output_index=index, item=dict(item, status="in_progress", arguments=""))
+                )
+                events += [
+                    event("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=piece)
+                    for piece in _pieces(item["arguments"])
+                ]
+            events.append(event("response.output_item.done", output_index=index, item=item))
+        events.append(event("response.completed", response=response))
+        return self._stream(request, events)
+
+    def do_v1_messages_count_tokens(self, request: server.Request, document: dict[str, Any]) -> bytes:
+        """
+        Anthropic's token counting: the same body as a message, no answer.
+        """
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"input_tokens": 10 + len(json.dumps(document)) // 4}).encode()
+
+    # -- failures -------------------------------------------------------------------------
+
+    def _fail(self, request: server.Request, document: dict[str, Any]) -> bytes:
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"error": {"message": "the fake model failed", "type": "server_error"}}).encode()
+
+    do_fail_v1_chat_completions = _fail
+    do_fail_v1_messages = _fail
+    do_fail_v1_responses = _fail
+
+
+# -- an OpenAI-like stream, for the usage.include_stream_usage tests -----------
+
+
+def openai_like_chunks(text: str, model: str, usage: bool) -> list[bytes]:
+    """
+    A chat completions stream as OpenAI really sends it: when usage is asked
+    for, every chunk carries ``"usage": null`` (last key, ``json.dumps``
+    default separators) and one more chunk with no choices has the usage;
+    without it, exactly :func:`openai_chunks`'s stream.
+    """
+    if not usage:
+        return openai_chunks(text, model, False)
+    events = []
+    for event in openai_chunks(text, model, True):
+        if event.startswith(b"data: {"):
+            document = json.loads(event[len(b"data: ") :])
+            document.setdefault("usage", None)
+            event = b"data: " + json.dumps(document).encode() + b"\n\n"
+        events.append(event)
+    return events
+
+
+def _do_openai_like_v1_chat_completions(
+    self: FakeUpstream, request: server.Request, document: dict[str, Any]
+) -> Any:
+    """
+    ``/openai-like/v1/chat/completions``: chat completions whose streams add
+    ``"usage": null`` to every chunk when usage is asked for, as OpenAI does.
+    """
+    text = self.reply(document)
+    model = document.get("model", "gpt-fake")
+    if document.get("stream"):
+        usage = bool((document.get("stream_options") or {}).get("include_usage"))
+        return self._stream(request, openai_like_chunks(text, model, usage))
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(openai_completion(text, model)).encode()
+
+
+FakeUpstream.do_openai_like_v1_chat_completions = _do_openai_like_v1_chat_completions  # type: ignore[attr-defined]

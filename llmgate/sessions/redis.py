@@ -27,12 +27,15 @@ stay correct within one process and the gateway never stalls on its store.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,6 +63,7 @@ local cutoff = tonumber(ARGV[4])
 local life = tonumber(ARGV[5])
 local max_sessions = tonumber(ARGV[6])
 local per_session = tonumber(ARGV[7])
+-- ARGV[8]: the current minute (creation rate counter); op arguments follow
 local Z = P .. 'sessions'
 
 local function drop(sid)
@@ -117,12 +121,12 @@ end
 expire()
 
 if op == 'find' then
-  for i = 8, #ARGV do
+  for i = 9, #ARGV do
     local k = P .. 'k:' .. ARGV[i]
     local owner = redis.call('GET', k)
     if owner then
       if alive(owner) then
-        return {i - 8, owner, redis.call('SISMEMBER', P .. 's:' .. owner .. ':latest', ARGV[i])}
+        return {i - 9, owner, redis.call('SISMEMBER', P .. 's:' .. owner .. ':latest', ARGV[i])}
       end
       redis.call('DEL', k)
     end
@@ -228,7 +232,7 @@ class RedisSessionStore:
     until a probe (at most every ``probe_interval`` seconds, started by a
     call, never by a timer) finds Redis answering again.
 
-    :param reactor: runs timeouts and paces probes (real time).
+    :param reactor: connects, runs timeouts and paces probes (real time).
     :param url: ``redis://[[user]:password@]host[:port][/db]``.
     :param key_prefix: prefix of every Redis key, so that several gateways
         (or tests) can share or separate one database.
@@ -280,7 +284,7 @@ class RedisSessionStore:
         self._probing = False
         self._next_probe = 0.0
         self._closed = False
-        self._sha = txredisapi.hashlib.sha1(SCRIPT.encode()).hexdigest()
+        self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         # key lifetime in Redis, ms: twice the TTL (see the module docstring)
         self._life = max(1, math.ceil(2000 * ttl))
         self._snapshot: dict[str, Any] = {
@@ -359,9 +363,10 @@ class RedisSessionStore:
             self._snapshot_at = self.reactor.seconds()
             return self._figures()
 
-        done = self._run(
-            "stats", [str(minute - 1)], self._figures, read, minute=str(minute)
-        )
+        if self._down:
+            self._probe()
+            return succeed(self._figures())
+        done = self._run("stats", [str(minute - 1)], self._figures, read, minute=str(minute))
         return done if isinstance(done, Deferred) else succeed(done)
 
     def connect(self) -> Deferred[bool]:
@@ -372,7 +377,12 @@ class RedisSessionStore:
         """
         if self._handler is not None:
             return succeed(True)
-        return self._connection().addCallbacks(lambda _: True, lambda _: False)
+
+        def failed(failure: Failure) -> bool:
+            self._went_down(failure)
+            return False
+
+        return self._connection().addCallbacks(lambda _: True, failed)
 
     def close(self) -> Deferred[None]:
         """
@@ -394,11 +404,14 @@ class RedisSessionStore:
 
     def _figures(self) -> dict[str, Any]:
         figures = dict(self._snapshot)
+        local = self.fallback.stats() if self.fallback_calls else {}
         figures.update(
             store="redis",
             fallback_active=self._down,
             fallbacks=self.fallbacks,
             fallback_calls=self.fallback_calls,
+            # sessions only this process knows, made while Redis was away
+            fallback_sessions=local.get("active_sessions", 0) if isinstance(local, Mapping) else 0,
         )
         return figures
 
@@ -487,21 +500,40 @@ class RedisSessionStore:
         waiter: Deferred[Any] = Deferred()
         self._waiting.append(waiter)
         if self._connecting is None:
-            args = self._connect_args
-            # reconnect=False: no background reconnection timers; this
-            # class reconnects itself, when a probe is due.
-            self._connecting = txredisapi.Connection(
-                host=args["host"],
-                port=args["port"],
-                dbid=args["dbid"],
-                password=args["password"],
-                username=args["username"],
-                reconnect=False,
-                connectTimeout=self.timeout,
-                convertNumbers=False,
-            )
+            self._connecting = self._open()
             self._connecting.addBoth(self._connected)
         return waiter
+
+    def _open(self) -> Deferred[Any]:
+        """
+        A one-connection txredisapi factory that never reconnects by itself
+        (no background timers: this class reconnects when a probe is due),
+        on a plain TCP endpoint for an IP address so that a refused
+        connection fails at once (a hostname goes through
+        ``HostnameEndpoint``, which reports failures on its next attempt
+        tick, 0.3 s later).
+        """
+        args = self._connect_args
+        host, port = args["host"], args["port"]
+        endpoint: Any
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.timeout)
+        factory = txredisapi.RedisFactory(
+            self.address,
+            args["dbid"],
+            1,
+            isLazy=False,
+            password=args["password"],
+            username=args["username"],
+            convertNumbers=False,
+        )
+        factory.reconnect = False
+        factory.startConnecting(endpoint)
+        return factory.deferred
 
     def _connected(self, result: Any) -> None:
         self._connecting = None
