@@ -62,6 +62,9 @@ class ServerConfig:
     #: Injecting a key while listening beyond loopback without client auth
     #: makes an open relay: refused at start unless this says it is meant.
     allow_open_relay: bool = False
+    #: Worker processes serving the port (SO_REUSEPORT); more than one needs
+    #: a shared session store.
+    workers: int = 1
 
     def endpoint(self) -> str:
         """
@@ -108,6 +111,13 @@ class MiddlewareConfig:
 
 
 @attrs.frozen
+class SessionStoreConfig:
+    type: str = "memory"
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", repr=False)
+    key_prefix: str = "llmgate:"
+
+
+@attrs.frozen
 class SessionConfig:
     enabled: bool = True
     max_sessions: int = 10_000
@@ -120,6 +130,7 @@ class SessionConfig:
         "forget everything",
         "reset the conversation",
     )
+    store: SessionStoreConfig = SessionStoreConfig()
 
 
 @attrs.frozen
@@ -303,6 +314,21 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
         source=source,
     )
     _refuse_open_relay(config)
+    if (
+        config.server.workers > 1
+        and config.session.enabled
+        and config.session.store.type == "memory"
+    ):
+        raise ConfigError(
+            f"server.workers: {config.server.workers} workers with the in-memory session "
+            "store would split conversations between processes; set session.store.type: "
+            "redis (or session.enabled: false)"
+        )
+    if config.server.workers > 1 and config.server.listen is not None:
+        raise ConfigError(
+            "server.listen: several workers share host and port (SO_REUSEPORT); "
+            "use server.host and server.port"
+        )
     return config
 
 
@@ -425,6 +451,7 @@ def _server(section: _Section) -> ServerConfig:
             "max_header_bytes", _DEFAULTS_ServerConfig.max_header_bytes, 256, 10**7
         ),
         allow_open_relay=section.boolean("allow_open_relay", False),
+        workers=section.integer("workers", 1, 1, 256),
     )
 
 
@@ -518,6 +545,18 @@ def _session(section: _Section) -> SessionConfig:
         ),
         fuzzy_matching=section.boolean("fuzzy_matching", _DEFAULTS_SessionConfig.fuzzy_matching),
         reset_phrases=reset_phrases,
+        store=_store(section.section("store")),
+    )
+
+
+def _store(section: _Section) -> SessionStoreConfig:
+    section.allow({"type", "url", "key_prefix"})
+    kind = section.choice("type", "memory", ("memory", "redis"))
+    url = section.string("url", SessionStoreConfig().url)
+    if kind == "redis" and urlsplit(url).scheme not in ("redis", "unix"):
+        section.fail("url", url, "is not a redis:// URL")
+    return SessionStoreConfig(
+        type=kind, url=url, key_prefix=section.string("key_prefix", "llmgate:")
     )
 
 

@@ -16,6 +16,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.tcp import makeBinding
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
@@ -153,15 +154,27 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: GatewayConfig, reactor: Any, worker: int | str = 0) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        worker: int | str = 0,
+        reuse_port: bool = False,
+    ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.worker = worker
         self.parts = GatewayParts(config, reactor, worker)
         try:
-            self.listener = strports.service(
-                config.server.endpoint(), self.parts.site, reactor=reactor
-            )
+            if reuse_port:
+                self.listener = _ReusePortListener(
+                    reactor, config.server.host, config.server.port, self.parts.site
+                )
+            else:
+                self.listener = strports.service(
+                    config.server.endpoint(), self.parts.site, reactor=reactor
+                )
         except Exception as error:  # the endpoint's own complaint, in one line
             raise ConfigError(
                 f"server.listen: cannot listen on {config.server.endpoint()!r} "
@@ -238,10 +251,11 @@ class GatewayService(MultiService):
             m.state().get("directory") for m in self.parts.middlewares if m.name == "trace"
         ]
         self.log.info(
-            "llmgate {version} listening on {listen}, relaying to {upstream} "
+            "llmgate {version} worker {worker} listening on {listen}, relaying to {upstream} "
             "({provider}, key {key}), middleware: {middleware}, traces: {traces}, "
             "console: {console}",
             version=__version__,
+            worker=self.worker,
             listen=config.server.endpoint(),
             upstream=_without_userinfo(config.llm.base_url),
             provider=config.llm.type,
@@ -323,6 +337,80 @@ class GatewayService(MultiService):
 
         check()
         return done
+
+
+class _ReusePortListener(Service):
+    """
+    Listen on host and port with SO_REUSEPORT, beside the other workers.
+    """
+
+    def __init__(self, reactor: Any, host: str, port: int, factory: Any) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.factory = factory
+        self.listening: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        binding = makeBinding(self.host, self.port, reuseAddress=True, reusePort=True)
+        self.listening = self.reactor.listenTCP(binding, self.factory, backlog=1024)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            return listening.stopListening()
+        return None
+
+
+class SupervisorService(MultiService):
+    """
+    With ``server.workers`` above one, the process twistd starts listens on
+    nothing itself: it runs the workers, and speaks to systemd for them.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: GatewayConfig, reactor: Any, argv: list[str]) -> None:
+        super().__init__()
+        from llmgate.workers import Supervisor
+
+        self.config = config
+        self.reactor = reactor
+        self.supervisor = Supervisor(
+            reactor,
+            config.server.workers,
+            argv,
+            config.server.shutdown_timeout,
+            on_ready=self._ready,
+        )
+        self.supervisor.setServiceParent(self)
+        self._stopping = False
+
+    def setServiceParent(self, parent: Any) -> None:
+        if isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, make_observer(self.config.logging))
+        super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._take_sigterm)
+
+    _take_sigterm = GatewayService._take_sigterm
+
+    def _ready(self) -> None:
+        self.log.info(
+            "llmgate {version}: {count} workers listening on {listen}",
+            version=__version__,
+            count=self.config.server.workers,
+            listen=self.config.server.endpoint(),
+        )
+        systemd.notify("READY=1\nSTATUS=serving")
+
+    def stopService(self) -> Any:
+        systemd.notify("STOPPING=1")
+        return super().stopService()
 
 
 def _without_userinfo(url: str) -> str:

@@ -53,6 +53,11 @@ class Options(usage.Options):
         ["validate-config", None, None, "Check the config file PATH and exit."],
     ]
 
+    def parseOptions(self, options: Any = None) -> None:
+        # Kept for worker processes, which are started with the same options.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
     def overrides(self) -> dict[str, Any]:
         return {field: self[flag] for flag, field in FLAG_FIELDS.items()}
 
@@ -124,10 +129,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    from llmgate.service import GatewayService
+    from llmgate.service import GatewayService, SupervisorService
+    from llmgate.workers import worker_number
 
+    config = options["gateway_config"]
+    number = worker_number()
     try:
-        return GatewayService(options["gateway_config"], reactor)
+        if config.server.workers > 1 and number is None:
+            return SupervisorService(config, reactor, getattr(options, "argv", []))
+        return GatewayService(config, reactor, worker=number or 0, reuse_port=number is not None)
     except configuration.ConfigError as error:
         fail(str(error))
         raise  # unreachable; for type checkers

@@ -626,7 +626,8 @@ def _nothing(reply: Any) -> None:
 
 def _describe(reason: Any) -> str:
     if isinstance(reason, Failure):
-        return f"{reason.type.__name__}: {reason.getErrorMessage()}"
+        name = reason.type.__name__ if reason.type is not None else "error"
+        return f"{name}: {reason.getErrorMessage()}"
     return str(reason)
 
 
