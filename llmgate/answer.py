@@ -21,20 +21,20 @@ from llmgate.sse import ServerSentEvent
 __all__ = ["StreamAnswer", "answer_from_body"]
 
 
-def answer_from_body(provider: str, body: bytes | bytearray) -> dict[str, Any] | None:
+def answer_from_body(provider: str, body: bytes | bytearray | Any) -> dict[str, Any] | None:
     """
     The assistant message of a plain JSON answer.
 
     :param provider: ``anthropic``; anything else is read as OpenAI-compatible
         (chat completions, or the Responses API when ``object`` is
         ``response``).
-    :param body: the answer's bytes.
+    :param body: the answer's bytes, or the answer already parsed.
     :return: ``{"role", "content", ...}`` as described in :class:`StreamAnswer`,
         or None when the body is not an answer (an error, a truncated
         capture, another shape).
     """
     try:
-        document = json.loads(body)
+        document = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
         if not isinstance(document, dict):
             return None
         if provider == "anthropic":

@@ -10,9 +10,11 @@ from collections import Counter
 from typing import Any, Callable
 
 from klein import Klein
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 
 from llmgate import __version__
@@ -20,8 +22,8 @@ from llmgate.auth import presented_token, token_allowed
 from llmgate.forward import Forwarder
 from llmgate.metrics import Metrics, wants_prometheus
 
-#: Every method a client may proxy.
-PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+#: The gateway's own endpoints; every other path is relayed upstream.
+OWN_PATHS = frozenset({b"/health", b"/config", b"/metrics"})
 
 
 def _json(request: Request, document: Any, status: int = 200) -> bytes:
@@ -64,7 +66,7 @@ class Gateway:
         self._metrics_view = metrics_view
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return GatewayRoot(self, self.app.resource())
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: Request) -> bytes:
@@ -96,10 +98,11 @@ class Gateway:
             return body
         return _json(request, self._metrics_view())
 
-    @app.route(
-        "/", branch=True, methods=PROXY_METHODS, strict_slashes=False, merge_slashes=False
-    )
     def proxy(self, request: Request) -> Any:
+        """
+        A proxied call: refused here (bytes of a JSON error), or handed to
+        the forwarder (a Deferred that fires when the answer is complete).
+        """
         if not request.uri.startswith(b"/"):
             self.refused["bad_request"] += 1
             return self._error(request, 400, "request target must be a path", "bad_request")
@@ -136,4 +139,51 @@ class Gateway:
 
     def _error(self, request: Request, status: int, message: str, kind: str) -> bytes:
         return self.forwarder.error_answer(request, status, message, kind)
+
+
+class GatewayRoot(Resource):
+    """
+    The root of the resource tree.  The gateway's own endpoints are the
+    Klein app's; every other path is a proxied call, given to the forwarder
+    directly: Klein's routing of a catch-all path cost more per call than
+    the rest of the relay, and a proxied call needs none of it.
+
+    Like Klein, it finishes the request when the call's Deferred fires and
+    cancels that Deferred when the client goes away.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, gateway: Gateway, own: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.own = own
+
+    def render(self, request: Request) -> Any:
+        if request.path in OWN_PATHS:
+            return self.own.render(request)
+        result = self.gateway.proxy(request)
+        if isinstance(result, bytes):
+            return result
+        request.notifyFinish().addErrback(lambda _: result.cancel())
+        result.addCallbacks(self._done, self._failed, (request,), None, (request,))
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _done(_: Any, request: Request) -> None:
+        if not request.finished and not request._disconnected:
+            request.finish()
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if failure.check(CancelledError) or request._disconnected:
+            return
+        self.log.failure("unexpected error relaying {uri}", failure, uri=request.uri)
+        if request.startedWriting:
+            request.channel.transport.abortConnection()
+            return
+        body = self.gateway._error(request, 500, "internal gateway error", "gateway_error")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
 

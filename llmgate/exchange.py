@@ -58,6 +58,22 @@ class ResponseRecord:
     #: Bytes or events went past the capture limit and were not kept.
     truncated: bool = False
 
+    _document: Any = attrs.field(default=_UNPARSED, init=False, repr=False)
+
+    def document(self) -> Any:
+        """
+        A plain answer's body parsed as JSON, once for every reader; None for
+        a stream, a cut body or one that is not JSON.
+        """
+        if self._document is _UNPARSED:
+            self._document = None
+            if not self.streaming and not self.truncated and self.body:
+                try:
+                    self._document = json.loads(self.body)
+                except (ValueError, UnicodeDecodeError, RecursionError):
+                    pass
+        return self._document
+
     def header(self, name: bytes) -> bytes | None:
         for key, values in self.headers:
             if key.lower() == name and values:
@@ -135,7 +151,9 @@ class Exchange:
                         assembler.feed(event)
                     self._answer = assembler.result()
                 else:
-                    self._answer = answer_from_body(self.provider, response.body)
+                    document = response.document()
+                    if document is not None:
+                        self._answer = answer_from_body(self.provider, document)
         return self._answer
 
     @property

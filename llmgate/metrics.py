@@ -109,6 +109,9 @@ class Metrics(Middleware):
         self.ttfb = Summary()
         self.overhead = Summary()
         self._models: set[str] = set()
+        self._labelled: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._request_children: dict[tuple[str, str, str], Any] = {}
+        self._token_children: dict[tuple[str, str, str], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self._prom_requests = PromCounter(
             "llmgate_requests", "Calls relayed, by provider, model and status class.",
@@ -147,12 +150,38 @@ class Metrics(Middleware):
 
     # -- the middleware ------------------------------------------------------
 
+    def _children(self, provider: str, model: str) -> tuple[Any, ...]:
+        """
+        The labelled Prometheus children of one (provider, model), looked up
+        once: ``labels()`` costs more than the observation itself.
+        """
+        key = (provider, model)
+        children = self._labelled.get(key)
+        if children is None:
+            children = self._labelled[key] = (
+                self._prom_duration.labels(provider, model),
+                self._prom_ttft.labels(provider, model),
+            )
+        return children
+
+    def _token_child(self, provider: str, model: str, kind: str) -> Any:
+        key = (provider, model, kind)
+        child = self._token_children.get(key)
+        if child is None:
+            child = self._token_children[key] = self._prom_tokens.labels(*key)
+        return child
+
     def exchange_finished(self, exchange: Exchange) -> None:
         model = self._model(exchange.model)
         provider = exchange.provider
         klass = status_class(exchange)
-        self.requests[(provider, model, klass)] += 1
-        self._prom_requests.labels(provider, model, klass).inc()
+        key = (provider, model, klass)
+        self.requests[key] += 1
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self._prom_requests.labels(*key)
+        counter.inc()
+        duration_child, ttft_child = self._children(provider, model)
         if exchange.client_gone:
             self.client_disconnects += 1
             self._prom_disconnects.inc()
@@ -162,22 +191,25 @@ class Metrics(Middleware):
         duration = exchange.duration
         if duration is not None:
             self.duration.observe(duration)
-            self._prom_duration.labels(provider, model).observe(duration)
+            duration_child.observe(duration)
         ttfb = exchange.ttfb
         if ttfb is not None:
             self.ttfb.observe(ttfb)
-            self._prom_ttft.labels(provider, model).observe(ttfb)
+            ttft_child.observe(ttfb)
         overhead = exchange.overhead
         if overhead is not None:
             self.overhead.observe(overhead)
             self._prom_overhead.observe(overhead)
         usage = exchange.usage
         if usage:
-            for kind in ("input", "output"):
-                count = usage.get(f"{kind}_tokens")
-                if count is not None:
-                    self.tokens[(model, kind)] += count
-                    self._prom_tokens.labels(provider, model, kind).observe(count)
+            count = usage.get("input_tokens")
+            if count is not None:
+                self.tokens[(model, "input")] += count
+                self._token_child(provider, model, "input").observe(count)
+            count = usage.get("output_tokens")
+            if count is not None:
+                self.tokens[(model, "output")] += count
+                self._token_child(provider, model, "output").observe(count)
 
     def _model(self, model: str | None) -> str:
         if model is None:

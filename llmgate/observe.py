@@ -95,8 +95,10 @@ class Observer:
         usage = None
         if self._usage is not None:
             usage = self._usage.result()
-        elif self._record.body and not self._record.truncated:
-            usage = usage_from_body(self._exchange.provider, self._record.body)
+        else:
+            document = self._record.document()
+            if document is not None:
+                usage = usage_from_body(self._exchange.provider, document)
         if usage is not None:
             self._exchange.usage = usage.as_dict()
 

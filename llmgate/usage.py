@@ -141,18 +141,18 @@ def _anthropic_usage(counts: dict[str, int]) -> Usage | None:
     )
 
 
-def usage_from_body(provider: str, body: bytes | bytearray) -> Usage | None:
+def usage_from_body(provider: str, body: bytes | bytearray | Any) -> Usage | None:
     """
     The usage in a plain JSON answer.
 
     :param provider: ``anthropic``; anything else is read as OpenAI-compatible
         (chat completions or Responses API, told apart by their field names).
-    :param body: the answer's bytes.
+    :param body: the answer's bytes, or the answer already parsed.
     :return: the usage, or None when the body is not an answer with usage
         (an error, a truncated capture, another shape).
     """
     try:
-        document = json.loads(body)
+        document = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
         if not isinstance(document, dict):
             return None
         if provider == "anthropic":

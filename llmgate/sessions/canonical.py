@@ -56,6 +56,32 @@ class History:
         return ""
 
 
+def digest_reduced(reduced: Any) -> bytes:
+    """
+    The digest of a reduced message: tuples and lists of strings only, so
+    no key sorting is needed.
+    """
+    text = json.dumps(reduced, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=DIGEST_SIZE).digest()
+
+
+def key_of(tag: bytes, *parts: bytes | int | None) -> bytes:
+    """
+    A lookup key from fixed-size digests and small integers: hashed as
+    bytes, with a type byte before each part, so no two lists of parts
+    give one key.
+    """
+    hasher = hashlib.blake2b(tag, digest_size=DIGEST_SIZE)
+    for part in parts:
+        if part is None:
+            hasher.update(b"\x00")
+        elif isinstance(part, int):
+            hasher.update(b"\x01" + part.to_bytes(8, "big"))
+        else:
+            hasher.update(b"\x02" + part)
+    return hasher.digest()
+
+
 class Digests:
     """
     Message digests of one history, computed on first use and kept, so a
@@ -73,7 +99,7 @@ class Digests:
         cached = self._cache.get(index)
         if cached is None:
             message = self.history.messages[index]
-            cached = self._cache[index] = digest(
+            cached = self._cache[index] = digest_reduced(
                 reduce_message(self.history.provider, message)
             )
         return cached
@@ -104,7 +130,7 @@ def _anthropic_history(body: dict[str, Any]) -> History | None:
         return None
     system = body.get("system")
     return History(
-        system=digest("system", _reduce_content(system)),
+        system=digest_reduced(("system", _reduce_content(system))),
         messages=messages,
         provider="anthropic",
     )
@@ -119,7 +145,7 @@ def _openai_chat_history(body: dict[str, Any]) -> History:
         system_parts.append(_reduce_content(messages[start].get("content")))
         start += 1
     return History(
-        system=digest("system", system_parts),
+        system=digest_reduced(("system", system_parts)),
         messages=messages[start:],
         provider="openai",
     )
@@ -135,7 +161,7 @@ def _openai_responses_history(body: dict[str, Any]) -> History:
     items = [i for i in items if not (isinstance(i, dict) and i.get("type") == "reasoning")]
     previous = body.get("previous_response_id")
     return History(
-        system=digest("system", _reduce_content(body.get("instructions"))),
+        system=digest_reduced(("system", _reduce_content(body.get("instructions")))),
         messages=items,
         provider="openai",
         previous_response_id=previous if isinstance(previous, str) else None,
@@ -284,11 +310,11 @@ def answer_digests(provider: str, answer: Any) -> list[bytes]:
     """
     if isinstance(answer, dict) and isinstance(answer.get("output"), list):
         return [
-            digest(reduce_message(provider, item))
+            digest_reduced(reduce_message(provider, item))
             for item in answer["output"]
             if not (isinstance(item, dict) and item.get("type") == "reasoning")
         ]
-    return [digest(reduce_message(provider, answer))]
+    return [digest_reduced(reduce_message(provider, answer))]
 
 
 def iter_reduced(provider: str, messages: Iterable[Any]) -> list[Any]:

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 
 from llmgate.config import SessionConfig
 from llmgate.interfaces import ISessionStore
-from llmgate.sessions.canonical import Digests, History, answer_digests, digest
+from llmgate.sessions.canonical import Digests, History, answer_digests, digest, key_of
 
 #: Messages before a state's end that its keys cover.
 WINDOW = 3
@@ -28,6 +28,11 @@ WINDOW = 3
 #: How many messages a client may add after an answer (a user turn, tool
 #: results of parallel calls) and still continue from it.
 MAX_NEW_MESSAGES = 32
+
+#: Cut points (answers) looked at, latest first: the last answer is where a
+#: client continues; two more allow for a prefilled assistant message or an
+#: answer the client wrote itself.
+MAX_CUT_POINTS = 3
 
 #: Non-system messages at most in a history where a reset phrase starts over.
 SHORT_HISTORY = 3
@@ -95,14 +100,14 @@ class SessionDetector:
         return [digests(i) if i >= 0 else None for i in range(end - WINDOW, end)]
 
     def exact_key(self, history: History, first: bytes | None, end: int, window: list[Any]) -> bytes:
-        return digest("E", history.system.hex(), end, first.hex() if first else None, [w.hex() if w else None for w in window])
+        return key_of(b"E", history.system, end, first, *window)
 
     def fuzzy_key(self, history: History, window: list[Any]) -> bytes:
-        return digest("F", history.system.hex(), [w.hex() if w else None for w in window])
+        return key_of(b"F", history.system, *window)
 
     @staticmethod
     def response_key(response_id: str) -> bytes:
-        return digest("P", response_id)
+        return key_of(b"P", digest(response_id))
 
     # -- a call arrives -------------------------------------------------------------
 
@@ -120,10 +125,7 @@ class SessionDetector:
         count = len(digests)
         get = digests.__getitem__
         first = digests[0] if count else None
-        retry_key = digest(
-            "R", history.system.hex(), count, first.hex() if first else None,
-            [w.hex() if w else None for w in self._window(get, count)],
-        )
+        retry_key = key_of(b"R", history.system, count, first, *self._window(get, count))
         pending = Pending(Decision("", NEW), history, digests, retry_key)
         if named:
             return pending, self._decided(pending, named, HEADER, touch=True)
@@ -135,11 +137,12 @@ class SessionDetector:
             keys.append(self.response_key(history.previous_response_id))
             kinds.append(PREVIOUS_RESPONSE)
         messages = history.messages
-        ends = [
-            end
-            for end in range(count - 1, max(0, count - 1 - MAX_NEW_MESSAGES), -1)
-            if _is_answer(messages[end - 1])
-        ]
+        ends = []
+        for end in range(count - 1, max(0, count - 1 - MAX_NEW_MESSAGES), -1):
+            if _is_answer(messages[end - 1]):
+                ends.append(end)
+                if len(ends) == MAX_CUT_POINTS:
+                    break
         windows = [self._window(get, end) for end in ends]
         for end, window in zip(ends, windows):
             keys.append(self.exact_key(history, first, end, window))

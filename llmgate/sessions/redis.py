@@ -17,8 +17,14 @@ evictions are atomic across processes.  The layout, under ``key_prefix``:
 
 A session is alive while its score in ``sessions`` is within the TTL; that
 is the only test of liveness.  Per-session keys also carry Redis TTLs (twice
-the session TTL, refreshed at least every half TTL) so that whatever a
-crashed gateway or a skipped clean-up leaves behind disappears by itself.
+the session TTL, all refreshed by a call that finds less than 1.5 TTL left)
+so that whatever a crashed gateway or a skipped clean-up leaves behind
+disappears by itself; ``sessions`` and the counters have none (they are
+bounded, and shared by every gateway).
+
+Needs Redis 5 or later (ZPOPMIN), standalone or a primary: the scripts
+compute key names, which Redis Cluster does not allow.  Gateways sharing a
+prefix must agree on ``max_sessions`` and ``ttl`` and use the wall clock.
 
 When Redis cannot be reached, every call is answered by an in-memory store
 of this process instead, after at most ``timeout`` seconds: session labels
@@ -63,7 +69,9 @@ local cutoff = tonumber(ARGV[4])
 local life = tonumber(ARGV[5])
 local max_sessions = tonumber(ARGV[6])
 local per_session = tonumber(ARGV[7])
--- ARGV[8]: the current minute (creation rate counter); op arguments follow
+-- ARGV[8]: the current minute (creation rate counter); op arguments follow,
+-- state keys as hex joined by commas in one argument (encoding ~40
+-- arguments costs the client more than the whole script costs Redis)
 local Z = P .. 'sessions'
 
 local function drop(sid)
@@ -121,15 +129,17 @@ end
 expire()
 
 if op == 'find' then
-  for i = 9, #ARGV do
-    local k = P .. 'k:' .. ARGV[i]
+  local i = 0
+  for h in string.gmatch(ARGV[9], '[^,]+') do
+    local k = P .. 'k:' .. h
     local owner = redis.call('GET', k)
     if owner then
       if alive(owner) then
-        return {i - 9, owner, redis.call('SISMEMBER', P .. 's:' .. owner .. ':latest', ARGV[i])}
+        return {i, owner, redis.call('SISMEMBER', P .. 's:' .. owner .. ':latest', h)}
       end
       redis.call('DEL', k)
     end
+    i = i + 1
   end
   return false
 end
@@ -145,8 +155,7 @@ if op == 'remember' then
   local lk = P .. 's:' .. sid .. ':keys'
   local latest = P .. 's:' .. sid .. ':latest'
   local owned = {}
-  for i = 11, #ARGV do
-    local h = ARGV[i]
+  for h in string.gmatch(ARGV[11], '[^,]+') do
     local k = P .. 'k:' .. h
     local owner = redis.call('GET', k)
     if owner == sid then
@@ -262,9 +271,9 @@ class RedisSessionStore:
     ) -> None:
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        self.url = url
-        self.address = self._address(url)
         self._connect_args = parse_redis_url(url)
+        #: host:port, for logs (the URL may hold a password)
+        self.address = f"{self._connect_args['host']}:{self._connect_args['port']}"
         self.key_prefix = key_prefix
         self.max_sessions = max_sessions
         self.ttl = ttl
@@ -278,6 +287,8 @@ class RedisSessionStore:
         #: Calls answered by the fallback store.
         self.fallback_calls = 0
         self._handler: Any = None
+        self._factory: Any = None  # the handler's txredisapi.RedisFactory
+        self._opening: Any = None  # the factory of the connection in progress
         self._connecting: Deferred[Any] | None = None
         self._waiting: list[Deferred[Any]] = []
         self._down = False
@@ -307,12 +318,12 @@ class RedisSessionStore:
     # -- ISessionStore ------------------------------------------------------------
 
     def find(self, keys: Sequence[bytes]) -> Deferred[tuple[int, str, bool] | None] | tuple[int, str, bool] | None:
-        return self._run("find", [key.hex() for key in keys], lambda: self.fallback.find(keys), _found)
+        return self._run("find", [_joined(keys)], lambda: self.fallback.find(keys), _found)
 
     def remember(self, session_id: str, keys: Sequence[bytes], latest: bool = True) -> Deferred[None] | None:
         return self._run(
             "remember",
-            [session_id, "1" if latest else "0", *(key.hex() for key in keys)],
+            [session_id, "1" if latest else "0", _joined(keys)],
             lambda: self.fallback.remember(session_id, keys, latest),
             _nothing,
         )
@@ -328,11 +339,11 @@ class RedisSessionStore:
 
     def stats(self) -> Mapping[str, Any]:
         """
-        The figures for ``/metrics``, synchronously: the gateway reads them
-        from a synchronous view, so this returns the last figures read from
-        Redis (refreshed in the background when older than a second) plus
-        this process's fallback state.  :meth:`fetch_stats` waits for fresh
-        ones.
+        The figures for ``/metrics``, synchronously, although the interface
+        would allow a Deferred: the gateway's metrics view is synchronous.
+        So these are the last figures read from Redis (a background refresh
+        starts when they are older than a second) plus this process's
+        fallback state; :meth:`fetch_stats` waits for fresh ones.
         """
         now = self.reactor.seconds()
         if not self._fetching and (self._snapshot_at is None or now - self._snapshot_at >= 1.0):
@@ -375,9 +386,6 @@ class RedisSessionStore:
 
         :return: a Deferred firing with whether Redis answers.
         """
-        if self._handler is not None:
-            return succeed(True)
-
         def failed(failure: Failure) -> bool:
             self._went_down(failure)
             return False
@@ -390,17 +398,12 @@ class RedisSessionStore:
         """
         self._closed = True
         self._down = True
-        handler, self._handler = self._handler, None
+        handler, self._handler, self._factory = self._handler, None, None
         if handler is None:
             return succeed(None)
         return _quietly(handler.disconnect())
 
     # -- internals --------------------------------------------------------------------
-
-    @staticmethod
-    def _address(url: str) -> str:
-        parts = urlsplit(url)
-        return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
 
     def _figures(self) -> dict[str, Any]:
         figures = dict(self._snapshot)
@@ -453,9 +456,11 @@ class RedisSessionStore:
         def give_up(reason: Any) -> None:
             if result.called:
                 return
-            timer.cancel() if timer.active() else None
+            if timer.active():
+                timer.cancel()
             self._went_down(reason)
-            self.fallback_calls += 1
+            if op != "stats":
+                self.fallback_calls += 1
             try:
                 value = fallback()
             except BaseException:
@@ -496,7 +501,11 @@ class RedisSessionStore:
         there is none.
         """
         if self._handler is not None:
-            return succeed(self._handler)
+            if self._factory is not None and self._factory.size:
+                return succeed(self._handler)
+            # lost while idle (a Redis restart, an idle timeout): connect
+            # again now, within this call's timeout, rather than fall back
+            self._drop()
         waiter: Deferred[Any] = Deferred()
         self._waiting.append(waiter)
         if self._connecting is None:
@@ -533,6 +542,7 @@ class RedisSessionStore:
         )
         factory.reconnect = False
         factory.startConnecting(endpoint)
+        self._opening = factory
         return factory.deferred
 
     def _connected(self, result: Any) -> None:
@@ -543,18 +553,28 @@ class RedisSessionStore:
                 _quietly(result.disconnect())
                 result = Failure(txredisapi.ConnectionError("store closed"))
             else:
-                self._handler = result
+                self._handler, self._factory = result, self._opening
+        self._opening = None
         for waiter in waiting:
-            waiter.callback(result) if not isinstance(result, Failure) else waiter.errback(result)
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def _drop(self) -> None:
+        """
+        Forget the connection and close it (quietly: it may be broken).
+        """
+        handler, self._handler, self._factory = self._handler, None, None
+        if handler is not None:
+            _quietly(handler.disconnect())
 
     def _went_down(self, reason: Any) -> None:
         """
         Switch to the fallback store (logged and counted once per outage)
         and drop the connection, which may be stuck.
         """
-        handler, self._handler = self._handler, None
-        if handler is not None:
-            _quietly(handler.disconnect())
+        self._drop()
         self._next_probe = self.reactor.seconds() + self.probe_interval
         if self._down:
             return
@@ -601,9 +621,7 @@ class RedisSessionStore:
         if timer.active():
             timer.cancel()
         if isinstance(result, Failure) or self._closed:
-            handler, self._handler = self._handler, None
-            if handler is not None:
-                _quietly(handler.disconnect())
+            self._drop()
             self._next_probe = self.reactor.seconds() + self.probe_interval
             return
         self._down = False
@@ -611,6 +629,10 @@ class RedisSessionStore:
             "Redis session store {address} answers again; sessions are shared again",
             address=self.address,
         )
+
+
+def _joined(keys: Sequence[bytes]) -> str:
+    return ",".join([key.hex() for key in keys])
 
 
 def _found(reply: Any) -> tuple[int, str, bool] | None:
