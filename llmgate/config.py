@@ -195,6 +195,8 @@ class GatewayConfig:
         """
         data = attrs.asdict(self, recurse=True)
         data["llm"]["api_key"] = {"configured": self.llm.api_key is not None}
+        store = data["session"]["store"]
+        store["url"] = _redact_url(self.session.store.url)
         data["auth"] = {
             "client_tokens": len(self.auth.token_hashes),
             "admin_tokens": len(self.auth.admin_token_hashes),
@@ -356,6 +358,18 @@ def _refuse_open_relay(config: GatewayConfig) -> None:
             "an open relay; set auth.tokens, listen on 127.0.0.1, or "
             "server.allow_open_relay: true"
         )
+
+
+def _redact_url(url: str) -> str:
+    """
+    A URL with any password replaced, for views and logs.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return parts._replace(netloc=f"{user}[redacted]@{netloc}").geturl()
 
 
 def _is_loopback(host: str) -> bool:

@@ -37,6 +37,27 @@ from llmgate.sessions.memory import MemorySessionStore
 from llmgate.sessions.stage import SessionStage
 
 
+def make_session_store(config: GatewayConfig, reactor: Any) -> Any:
+    """
+    The configured session store: in memory, or Redis (shared by every
+    worker and gateway) with this process's memory as its fallback.
+    """
+    session = config.session
+    memory = MemorySessionStore(reactor, session.max_sessions, session.session_ttl_seconds)
+    if session.store.type != "redis":
+        return memory
+    from llmgate.sessions.redis import RedisSessionStore
+
+    return RedisSessionStore(
+        reactor,
+        session.store.url,
+        key_prefix=session.store.key_prefix,
+        max_sessions=session.max_sessions,
+        ttl=session.session_ttl_seconds,
+        fallback=memory,
+    )
+
+
 class GatewayParts:
     """
     The live objects of one gateway, built but not listening; tests and the
@@ -64,9 +85,7 @@ class GatewayParts:
             self.auth = AuthStage(config.auth.token_hashes, self.provider)
             stages.append(self.auth)
         if config.session.enabled:
-            store = MemorySessionStore(
-                reactor, config.session.max_sessions, config.session.session_ttl_seconds
-            )
+            store = make_session_store(config, reactor)
             self.sessions = SessionStage(SessionDetector(store, config.session))
             stages.append(self.sessions)
         self.metrics = Metrics(

@@ -78,6 +78,10 @@ class SessionStage(Middleware):
         self.store_errors += 1
         self.log.failure("session store failed to remember a state", failure)
 
+    def close(self) -> Any:
+        close = getattr(self.detector.store, "close", None)
+        return close() if close is not None else None
+
     def state(self) -> Mapping[str, Any]:
         stats = dict(self.detector.store.stats()) if hasattr(self.detector.store, "stats") else {}
         return {**stats, **self.counts()}
