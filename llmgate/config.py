@@ -25,6 +25,12 @@ LOG_FORMATS = ("text", "json")
 #: Keys whose values are secrets: never echoed, not even in an error.
 SECRET_KEYS = frozenset({"api_key", "tokens", "password"})
 
+#: The upstream when ``llm.base_url`` is not given, by provider type.
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com",
+    "anthropic": "https://api.anthropic.com",
+}
+
 #: Environment variables read, and the dotted field each one sets.
 ENVIRONMENT = {
     "LLM_BASE_URL": "llm.base_url",
@@ -471,7 +477,9 @@ def _server(section: _Section) -> ServerConfig:
 
 def _llm(section: _Section) -> LLMConfig:
     section.allow(set(attrs.fields_dict(LLMConfig)))
-    base_url = section.string("base_url", _DEFAULTS_LLMConfig.base_url).rstrip("/")
+    kind_given = str(section.get("type", "openai")).lower()
+    default_url = DEFAULT_BASE_URLS.get(kind_given, _DEFAULTS_LLMConfig.base_url)
+    base_url = section.string("base_url", default_url).rstrip("/")
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         section.fail("base_url", base_url, "is not an http:// or https:// URL")

@@ -92,11 +92,12 @@ class PrinterMiddleware(Middleware):
         request = exchange.request
         response = exchange.response
         usage = exchange.usage or {}
+        status = response.status if response is not None else exchange.sent_status
         fields: dict[str, Any] = dict(
             exchange_id=exchange.id,
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
-            status=response.status if response is not None else None,
+            status=status,
             duration_ms=_ms(exchange.duration),
             ttfb_ms=_ms(exchange.ttfb),
             input_tokens=usage.get("input_tokens"),
@@ -118,6 +119,11 @@ class PrinterMiddleware(Middleware):
                 body = bytes(response.body)
             text += " body={body}"
             fields["body"] = _preview(body, self.max_body_chars, self.scrub)
+        # Fields keep their real values (None included) for JSON logs; the
+        # text shows "-" where there is none.
+        shown = {f"{k}_shown": ("-" if v is None else v) for k, v in fields.items()}
+        fields.update(shown)
+        text = text.replace("}", "_shown}")
         if exchange.error is not None:
             self.log.warn(text, **fields)
         else:

@@ -120,9 +120,10 @@ class TraceMiddleware(Middleware):
         self.pending = 0
         self._idle: list[Deferred[None]] = []
         self._files: deque[str] = deque(self._existing_files())
+        # Started on first use: a thread started before the reactor runs
+        # would keep a process that fails to start from exiting.
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="llmgate-trace")
-        self._pool.start()
-        self._trigger = reactor.addSystemEventTrigger("after", "shutdown", self._stop_pool)
+        self._trigger: Any = None
 
     # -- the middleware ---------------------------------------------------------
 
@@ -131,6 +132,11 @@ class TraceMiddleware(Middleware):
             self.dropped += 1
             return
         snapshot = self._snapshot(exchange)
+        if not self._pool.started:
+            self._pool.start()
+            self._trigger = self.reactor.addSystemEventTrigger(
+                "after", "shutdown", self._stop_pool
+            )
         self.pending += 1
         d = deferToThreadPool(self.reactor, self._pool, self._write, snapshot)
         d.addCallbacks(self._wrote, self._write_failed)
@@ -151,10 +157,12 @@ class TraceMiddleware(Middleware):
 
         def stop(_: Any) -> None:
             self._stop_pool()
-            try:
-                self.reactor.removeSystemEventTrigger(self._trigger)
-            except (ValueError, KeyError, TypeError):
-                pass
+            if self._trigger is not None:
+                try:
+                    self.reactor.removeSystemEventTrigger(self._trigger)
+                except (ValueError, KeyError, TypeError):
+                    pass
+                self._trigger = None
 
         return self.flush().addCallback(stop)
 
