@@ -121,6 +121,12 @@ class ISessionStore(Interface):
         :return: its new id (str).
         """
 
+    def forget(session_id, keys):
+        """
+        Release those of ``keys`` that ``session_id`` holds (a retry key once
+        the retry got its answer); keys held by another session stay.
+        """
+
     def touch(session_id):
         """
         Note a call in ``session_id`` (it stays alive for another TTL), and

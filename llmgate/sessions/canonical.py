@@ -192,6 +192,11 @@ def reduce_message(provider: str, message: Any) -> Any:
         return _reduce_response_item(message)
     role = _role(message) or "unknown"
     parts = _reduce_content(message.get("content"))
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal.strip() and not any(p[0] == "text" for p in parts):
+        # OpenAI puts a refusal beside the content, not in it; a client sends
+        # it back there, or as the content: one message either way.
+        parts.append(("text", refusal.strip()))
     tool_calls = message.get("tool_calls")
     if isinstance(tool_calls, list):
         for call in tool_calls:

@@ -69,6 +69,9 @@ class Pending:
     history: History
     digests: Digests
     retry_key: bytes
+    #: False for a call that is never answered (token counting): it is
+    #: labelled only when it continues a session, and leaves no state.
+    create: bool = True
 
 
 def _is_answer(message: Any) -> bool:
@@ -112,7 +115,7 @@ class SessionDetector:
     # -- a call arrives -------------------------------------------------------------
 
     def begin(
-        self, history: History, named: str | None = None
+        self, history: History, named: str | None = None, create: bool = True
     ) -> tuple[Pending, Deferred[Decision] | Decision]:
         """
         Decide the session of a call.
@@ -126,17 +129,49 @@ class SessionDetector:
         get = digests.__getitem__
         first = digests[0] if count else None
         retry_key = key_of(b"R", history.system, count, first, *self._window(get, count))
-        pending = Pending(Decision("", NEW), history, digests, retry_key)
+        pending = Pending(Decision("", NEW), history, digests, retry_key, create)
         if named:
             return pending, self._decided(pending, named, HEADER, touch=True)
         if self._is_reset(history):
             return pending, self._new(pending, RESET)
+        # The common case first: the call continues the state its latest
+        # answer left.  Only when no session knows that state (nor the
+        # Responses API's previous response) are the other cut points hashed
+        # and looked up, in the documented order: a continuing call hashes
+        # the first message and the last few, whatever the history's length.
+        messages = history.messages
+        low = max(0, count - 1 - MAX_NEW_MESSAGES)
+        latest = next((end for end in range(count - 1, low, -1) if _is_answer(messages[end - 1])), None)
         keys: list[bytes] = []
         kinds: list[str] = []
         if history.previous_response_id:
             keys.append(self.response_key(history.previous_response_id))
             kinds.append(PREVIOUS_RESPONSE)
+        if latest is not None:
+            keys.append(self.exact_key(history, first, latest, self._window(get, latest)))
+            kinds.append(CONTINUED)
+        if not keys:
+            return pending, self._find_rest(pending, first, latest)
+        found = self.store.find(keys)
+        if isinstance(found, Deferred):
+            return pending, found.addCallback(self._after_first, pending, kinds, first, latest)
+        return pending, self._after_first(found, pending, kinds, first, latest)
+
+    def _after_first(
+        self, found: Any, pending: Pending, kinds: Sequence[str], first: bytes | None, latest: int | None
+    ) -> Any:
+        if found is not None:
+            return self._found(found, pending, kinds)
+        return self._find_rest(pending, first, latest)
+
+    def _find_rest(self, pending: Pending, first: bytes | None, latest: int | None) -> Any:
+        history = pending.history
+        digests = pending.digests
+        get = digests.__getitem__
+        count = len(digests)
         messages = history.messages
+        keys: list[bytes] = []
+        kinds: list[str] = []
         ends = []
         for end in range(count - 1, max(0, count - 1 - MAX_NEW_MESSAGES), -1):
             if _is_answer(messages[end - 1]):
@@ -145,9 +180,11 @@ class SessionDetector:
                     break
         windows = [self._window(get, end) for end in ends]
         for end, window in zip(ends, windows):
+            if end == latest:
+                continue  # looked up already
             keys.append(self.exact_key(history, first, end, window))
             kinds.append(CONTINUED)
-        keys.append(retry_key)
+        keys.append(pending.retry_key)
         kinds.append(RETRY)
         if self.config.fuzzy_matching:
             for window in windows:
@@ -155,8 +192,8 @@ class SessionDetector:
                 kinds.append(TRUNCATED)
         found = self.store.find(keys)
         if isinstance(found, Deferred):
-            return pending, found.addCallback(self._found, pending, kinds)
-        return pending, self._found(found, pending, kinds)
+            return found.addCallback(self._found, pending, kinds)
+        return self._found(found, pending, kinds)
 
     def _found(
         self, found: tuple[int, str, bool] | None, pending: Pending, kinds: Sequence[str]
@@ -174,6 +211,9 @@ class SessionDetector:
         return self._decided(pending, session_id, how, touch=True)
 
     def _new(self, pending: Pending, how: str) -> Deferred[Decision] | Decision:
+        if not pending.create:
+            pending.decision = Decision("", how)
+            return pending.decision
         created = self.store.new_session()
         if isinstance(created, Deferred):
             return created.addCallback(lambda session_id: self._decided(pending, session_id, how))
@@ -222,8 +262,14 @@ class SessionDetector:
         if not session_id:
             return None
         history = pending.history
+        if not pending.create:
+            return None
         if answer is None:
             return self.store.remember(session_id, [pending.retry_key], latest=False)
+        if pending.decision.how == RETRY:
+            # The retried call got its answer: nothing is left to retry, and
+            # a later identical first call is a new conversation.
+            self.store.forget(session_id, [pending.retry_key])
         digests = pending.digests
         extra = answer_digests(history.provider, answer)
         count = len(digests)

@@ -82,6 +82,11 @@ class MemorySessionStore:
             if self._keys.get(old) == session_id and old not in session.latest:
                 del self._keys[old]
 
+    def forget(self, session_id: str, keys: Sequence[bytes]) -> None:
+        for key in keys:
+            if self._keys.get(key) == session_id:
+                del self._keys[key]
+
     def new_session(self) -> str:
         session_id = new_session_id()
         self._live(session_id)

@@ -189,6 +189,15 @@ if op == 'remember' then
   return #owned
 end
 
+if op == 'forget' then
+  local sid = ARGV[9]
+  for h in string.gmatch(ARGV[10], '[^,]+') do
+    local k = P .. 'k:' .. h
+    if redis.call('GET', k) == sid then redis.call('DEL', k) end
+  end
+  return 0
+end
+
 if op == 'stats' then
   return {
     redis.call('ZCARD', Z),
@@ -326,6 +335,11 @@ class RedisSessionStore:
             [session_id, "1" if latest else "0", _joined(keys)],
             lambda: self.fallback.remember(session_id, keys, latest),
             _nothing,
+        )
+
+    def forget(self, session_id: str, keys: Sequence[bytes]) -> Deferred[None] | None:
+        return self._run(
+            "forget", [session_id, _joined(keys)], lambda: self.fallback.forget(session_id, keys), _nothing
         )
 
     def new_session(self) -> Deferred[str] | str:

@@ -19,6 +19,9 @@ from llmgate.sessions.canonical import history_of
 from llmgate.sessions.detect import Decision, Pending, SessionDetector
 
 HEADER = b"x-llmgate-session-id"
+#: Paths that count a conversation's tokens: they carry a history but are
+#: never answered, so they only look sessions up.
+_COUNTING = (b"/count_tokens", b"/input_tokens")
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
@@ -46,7 +49,8 @@ class SessionStage(Middleware):
             if named:
                 exchange.session_id = named
             return None
-        pending, decided = self.detector.begin(history, named)
+        counting = exchange.request.path.endswith(_COUNTING)
+        pending, decided = self.detector.begin(history, named, create=not counting)
         exchange.notes["session"] = pending
         if isinstance(decided, Deferred):
             return decided.addCallbacks(
@@ -56,7 +60,7 @@ class SessionStage(Middleware):
         return None
 
     def _label(self, decision: Decision, exchange: Exchange) -> None:
-        exchange.session_id = decision.session_id
+        exchange.session_id = decision.session_id or None
         exchange.notes["session_how"] = decision.how
 
     def _store_failed(self, failure: Any, exchange: Exchange) -> None:
