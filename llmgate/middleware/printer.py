@@ -22,9 +22,13 @@ BODY_PREVIEW = 2000
 def build(config: Mapping[str, Any], context: MiddlewareContext) -> "PrinterMiddleware":
     section = Section(dict(config), "")
     section.allow({"log_requests", "log_responses", "log_body", "max_body_chars"})
+    # Lines at info are dropped when the log level is above it: then build
+    # none (the cost is in making the event, not in writing it).
+    quiet = context.config.logging.level in ("warn", "error", "critical")
     return PrinterMiddleware(
-        log_requests=section.boolean("log_requests", True),
+        log_requests=section.boolean("log_requests", True) and not quiet,
         log_responses=section.boolean("log_responses", True),
+        errors_only=quiet,
         log_body=section.boolean("log_body", False),
         max_body_chars=section.integer("max_body_chars", BODY_PREVIEW, 0, 10**7),
         scrubber=Scrubber([context.config.llm.api_key]),
@@ -49,7 +53,9 @@ class PrinterMiddleware(Middleware):
         log_body: bool = False,
         max_body_chars: int = BODY_PREVIEW,
         scrubber: Scrubber | None = None,
+        errors_only: bool = False,
     ) -> None:
+        self.errors_only = errors_only
         self.log_requests = log_requests
         self.log_responses = log_responses
         self.log_body = log_body
@@ -87,7 +93,7 @@ class PrinterMiddleware(Middleware):
         return None
 
     def exchange_finished(self, exchange: Exchange) -> None:
-        if not self.log_responses:
+        if not self.log_responses or (self.errors_only and exchange.error is None):
             return
         request = exchange.request
         response = exchange.response

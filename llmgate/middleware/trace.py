@@ -16,10 +16,11 @@ import time
 from collections import deque
 from typing import Any, Mapping
 
+import queue
+import threading
+
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from llmgate.answer import StreamAnswer, answer_from_body
 from llmgate.config import ConfigError, Section
@@ -28,6 +29,8 @@ from llmgate.middleware import Middleware, MiddlewareContext
 from llmgate.redact import REDACTED, Scrubber, redact_headers
 
 SUFFIX = ".json"
+
+_STOP = object()
 
 
 def build(config: Mapping[str, Any], context: MiddlewareContext) -> "TraceMiddleware":
@@ -120,10 +123,11 @@ class TraceMiddleware(Middleware):
         self.pending = 0
         self._idle: list[Deferred[None]] = []
         self._files: deque[str] = deque(self._existing_files())
-        # Started on first use: a thread started before the reactor runs
-        # would keep a process that fails to start from exiting.
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="llmgate-trace")
-        self._trigger: Any = None
+        # One writer thread, started on first use, fed through a queue whose
+        # length ``pending`` bounds; it reports back once per batch, so a busy
+        # gateway is not woken once per trace.
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     # -- the middleware ---------------------------------------------------------
 
@@ -132,14 +136,13 @@ class TraceMiddleware(Middleware):
             self.dropped += 1
             return
         snapshot = self._snapshot(exchange)
-        if not self._pool.started:
-            self._pool.start()
-            self._trigger = self.reactor.addSystemEventTrigger(
-                "after", "shutdown", self._stop_pool
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._writer, name="llmgate-trace", daemon=True
             )
+            self._thread.start()
         self.pending += 1
-        d = deferToThreadPool(self.reactor, self._pool, self._write, snapshot)
-        d.addCallbacks(self._wrote, self._write_failed)
+        self._queue.put(snapshot)
 
     def state(self) -> Mapping[str, Any]:
         return {
@@ -154,21 +157,12 @@ class TraceMiddleware(Middleware):
         """
         Write what is queued, then stop the writer thread.
         """
-
-        def stop(_: Any) -> None:
-            self._stop_pool()
-            if self._trigger is not None:
-                try:
-                    self.reactor.removeSystemEventTrigger(self._trigger)
-                except (ValueError, KeyError, TypeError):
-                    pass
-                self._trigger = None
-
-        return self.flush().addCallback(stop)
+        return self.flush().addCallback(lambda _: self._stop_pool())
 
     def _stop_pool(self) -> None:
-        if self._pool.started:
-            self._pool.stop()
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread = None
 
     def flush(self) -> Deferred[None]:
         """
@@ -215,27 +209,49 @@ class TraceMiddleware(Middleware):
             "client_gone": exchange.client_gone,
         }
 
-    def _wrote(self, path: str) -> None:
-        self.written += 1
-        self._settled()
-
-    def _write_failed(self, failure: Any) -> None:
-        self.failed += 1
-        self.log.error(
-            "trace write failed in {directory}: {error}",
-            directory=self.directory,
-            error=str(failure.value),
-        )
-        self._settled()
-
-    def _settled(self) -> None:
-        self.pending -= 1
+    def _settled(self, written: int, failures: list[str]) -> None:
+        self.written += written
+        self.failed += len(failures)
+        for error in failures[:3]:
+            self.log.error(
+                "trace write failed in {directory}: {error}",
+                directory=self.directory,
+                error=error,
+            )
+        if len(failures) > 3:
+            self.log.error("{more} more trace writes failed", more=len(failures) - 3)
+        self.pending -= written + len(failures)
         if self.pending == 0:
             waiting, self._idle = self._idle, []
             for d in waiting:
                 d.callback(None)
 
     # -- writer thread --------------------------------------------------------
+
+    def _writer(self) -> None:
+        """
+        Write queued traces; after each batch (everything queued meanwhile),
+        report to the reactor once.
+        """
+        get = self._queue.get
+        while True:
+            snapshot = get()
+            written, failures = 0, []
+            while True:
+                if snapshot is _STOP:
+                    if written or failures:
+                        self.reactor.callFromThread(self._settled, written, failures)
+                    return
+                try:
+                    self._write(snapshot)
+                    written += 1
+                except Exception as error:
+                    failures.append(f"{type(error).__name__}: {error}")
+                try:
+                    snapshot = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self.reactor.callFromThread(self._settled, written, failures)
 
     def _write(self, snap: dict[str, Any]) -> str:
         document = self._document(snap)
