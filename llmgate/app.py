@@ -6,7 +6,9 @@ and a catch-all route that hands every other call to the forwarder.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
+from urllib.parse import unquote_to_bytes
 from typing import Any, Callable
 
 from klein import Klein
@@ -24,6 +26,26 @@ from llmgate.metrics import Metrics, wants_prometheus
 
 #: The gateway's own endpoints; every other path is relayed upstream.
 OWN_PATHS = frozenset({b"/health", b"/config", b"/metrics"})
+
+#: Methods a client may relay; the provider APIs use no other.
+PROXY_METHODS = (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS")
+
+#: An origin-form target the upstream client can send: printable ASCII only.
+_ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
+
+
+def _path_allowed(path: bytes, prefixes: tuple[bytes, ...]) -> bool:
+    """
+    Whether ``path`` is under one of ``prefixes`` once decoded as the
+    upstream will: no dot segments, no encoded slash or backslash.
+    """
+    lowered = path.lower()
+    if b"%2f" in lowered or b"%5c" in lowered or b"\\" in path:
+        return False
+    decoded = unquote_to_bytes(path)
+    if any(segment in (b".", b"..") for segment in decoded.split(b"/")):
+        return False
+    return decoded.startswith(prefixes)
 
 
 def _json(request: Request, document: Any, status: int = 200) -> bytes:
@@ -103,10 +125,14 @@ class Gateway:
         A proxied call: refused here (bytes of a JSON error), or handed to
         the forwarder (a Deferred that fires when the answer is complete).
         """
-        if not request.uri.startswith(b"/"):
+        if not _ORIGIN_FORM.match(request.uri):
             self.refused["bad_request"] += 1
             return self._error(request, 400, "request target must be a path", "bad_request")
-        if self.allowed_paths and not request.path.startswith(self.allowed_paths):
+        if request.method not in PROXY_METHODS:
+            self.refused["method_not_allowed"] += 1
+            request.setHeader(b"allow", b", ".join(PROXY_METHODS))
+            return self._error(request, 405, "method not allowed", "method_not_allowed")
+        if self.allowed_paths and not _path_allowed(request.path, self.allowed_paths):
             self.refused["forbidden_path"] += 1
             return self._error(request, 403, "path not allowed by this gateway", "forbidden_path")
         if self.max_concurrent and len(self.forwarder.open_calls) >= self.max_concurrent:

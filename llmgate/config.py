@@ -203,6 +203,7 @@ class GatewayConfig:
         data["llm"]["api_key"] = {"configured": self.llm.api_key is not None}
         store = data["session"]["store"]
         store["url"] = _redact_url(self.session.store.url)
+        data["llm"]["base_url"] = _redact_url(self.llm.base_url)
         data["auth"] = {
             "client_tokens": len(self.auth.token_hashes),
             "admin_tokens": len(self.auth.admin_token_hashes),
@@ -390,10 +391,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def _loopback_listen(description: str) -> bool:
-    for part in description.split(":"):
-        if part.startswith("interface="):
-            return _is_loopback(part[len("interface="):].replace("\\", ""))
-    return False
+    """
+    Whether a server endpoint listens on loopback only, read with Twisted's
+    own parser (a repeated ``interface=`` counts as Twisted counts it).
+    """
+    from twisted.internet.endpoints import _parseServer
+
+    try:
+        _, _, kwargs = _parseServer(description, None)
+    except Exception:
+        return False
+    interface = str(kwargs.get("interface", ""))
+    return bool(interface) and _is_loopback(interface)
 
 
 def _auth(section: _Section) -> AuthConfig:
@@ -502,8 +511,14 @@ def _llm(section: _Section) -> LLMConfig:
             section.fail("allowed_paths", allowed, "must be a list of paths starting with /")
         allowed = tuple(allowed)
     ca_file = section.optional_string("ca_file")
-    if ca_file is not None and not os.path.isfile(ca_file):
-        section.fail("ca_file", ca_file, "is not a readable file")
+    if ca_file is not None:
+        try:
+            with open(ca_file, "rb") as handle:
+                pem = handle.read()
+        except OSError:
+            section.fail("ca_file", ca_file, "is not a readable file")
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            section.fail("ca_file", ca_file, "holds no PEM certificate")
     return LLMConfig(
         base_url=base_url,
         allowed_paths=allowed,
@@ -666,6 +681,8 @@ class _Section:
             raise ConfigError(f"{self.name}: {_show(self.data)} must be a mapping")
 
     def fail(self, key: str, value: Any, why: str) -> None:
+        if isinstance(value, str) and "@" in value:
+            value = _redact_url(value)
         shown = "(value hidden)" if key in SECRET_KEYS else _show(value)
         raise ConfigError(f"{_join(self.name, key)}: {shown} {why}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service_identity import CertificateError, VerificationError
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
@@ -154,6 +155,8 @@ def classify(failure: Failure) -> str:
             return "stream_idle"
         if reason.check(CancelledError):
             return "cancelled"
+        if reason.check(VerificationError, CertificateError):
+            return "upstream_tls"
         name = type(reason.value).__module__
         if "SSL" in name or "ssl" in name or "tls" in name:
             return "upstream_tls"
@@ -290,9 +293,13 @@ class Call:
         body = record.body
         producer = BytesProducer(body) if body or record.method in BODY_METHODS else None
         self.exchange.sent_at = forwarder.clock.seconds()
-        self._upstream = forwarder.agent.request(
-            record.method, forwarder.base + record.uri, headers, producer
-        )
+        try:
+            self._upstream = forwarder.agent.request(
+                record.method, forwarder.base + record.uri, headers, producer
+            )
+        except Exception:
+            self._request_failed(Failure())
+            return
         if self._timer is None:
             self._timer = forwarder.clock.callLater(
                 forwarder.config.llm.timeout, self._headers_timed_out

@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Request, Site
+from twisted.web.server import Request, Site, version as server_version
 
 from llmgate.providers import Provider
 
@@ -50,6 +50,15 @@ class GatewayRequest(Request):
         if self._too_large:
             return
         super().process()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self.responseHeaders.getRawHeaders(b"server") == [
+            server_version
+        ]:
+            # twisted.web names itself and its version in every answer; an
+            # upstream's own Server header is relayed as it came.
+            self.responseHeaders.removeHeader(b"server")
+        super().write(data)
 
     def _refuse_body(self) -> None:
         """
@@ -110,6 +119,17 @@ class GatewayChannel(HTTPChannel):
     def _too_slow(self) -> None:
         self._deadline = None
         self._refuse(408, "request_timeout", "request not received in time")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # One head line longer than MAX_LENGTH: twisted would just hang up.
+        self._refuse(431, "headers_too_large", "request headers too large")
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        # Only "chunked" frames a request; twisted ignores "identity", which
+        # leaves chunked not the final coding or the body unframed.
+        if header == b"Transfer-Encoding" and data.lower() != b"chunked":
+            return self._failChooseTransferDecoder()
+        return super()._maybeChooseTransferDecoder(header, data)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         if (
@@ -183,6 +203,7 @@ class GatewaySite(Site):
         channel = super().buildProtocol(addr)
         channel.maxHeaders = self.max_headers
         channel.totalHeadersSize = self.max_header_bytes
+        channel.MAX_LENGTH = self.max_header_bytes
         channel.callLater = self.clock.callLater
         return channel
 

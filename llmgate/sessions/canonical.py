@@ -179,6 +179,18 @@ def _role(message: Any) -> str | None:
 
 def reduce_message(provider: str, message: Any) -> Any:
     """
+    A message reduced to what makes it that message (see
+    :func:`_reduce_message`); one nested too deeply to reduce is reduced to
+    a marker rather than raising.
+    """
+    try:
+        return _reduce_message(provider, message)
+    except RecursionError:
+        return ("too_deep",)
+
+
+def _reduce_message(provider: str, message: Any) -> Any:
+    """
     A message reduced to what makes it that message: its role, its text,
     tool calls and results, and digests of media; never formatting, null
     fields or thinking blocks that clients drop or rewrite.
