@@ -464,22 +464,16 @@ class Call:
 
     def _client_gone(self, finished: Deferred[None]) -> None:
         """
-        Klein cancelled ``finished``: the client disconnected.  Stop the
-        upstream request at once, whatever stage it is in.
+        The root resource cancelled ``finished``: the client disconnected.
+        Stop the upstream request at once, whatever stage it is in.
         """
         if self._done:
             return
-        exchange = self.exchange
-        exchange.client_gone = True
-        if exchange.error is None:
-            exchange.error, exchange.error_kind = "client disconnected", "client_gone"
-        upstream, self._upstream = self._upstream, None
-        relay = self._relay
-        self._complete()
-        if upstream is not None:
-            upstream.cancel()
-        if relay is not None:
-            relay.stop()
+        self.exchange.client_gone = True
+        if self.exchange.error is None:
+            self._stop("client disconnected", "client_gone")
+        else:
+            self._stop(self.exchange.error, self.exchange.error_kind or "client_gone")
 
     def abort(self) -> None:
         """
@@ -488,8 +482,16 @@ class Call:
         """
         if self._done:
             return
-        exchange = self.exchange
-        exchange.error, exchange.error_kind = "gateway shutting down", "shutdown"
+        self._stop("gateway shutting down", "shutdown")
+        transport = getattr(self.request.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _stop(self, error: str, kind: str) -> None:
+        """
+        End the exchange with ``error`` and drop the upstream side.
+        """
+        self.exchange.error, self.exchange.error_kind = error, kind
         upstream, self._upstream = self._upstream, None
         relay = self._relay
         self._complete()
@@ -497,9 +499,6 @@ class Call:
             upstream.cancel()
         if relay is not None:
             relay.stop()
-        transport = getattr(self.request.channel, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
