@@ -495,7 +495,7 @@ def _llm(section: _Section) -> LLMConfig:
     if parts.query or parts.fragment:
         section.fail("base_url", base_url, "must not have a query or fragment")
     try:
-        parts.port
+        _ = parts.port  # raises for an invalid port
     except ValueError:
         section.fail("base_url", base_url, "has an invalid port")
     kind = section.choice("type", _DEFAULTS_LLMConfig.type, PROVIDER_TYPES)

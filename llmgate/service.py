@@ -7,7 +7,6 @@ listening service, under one ``MultiService``.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from llmgate.config import GatewayConfig
