@@ -1217,11 +1217,24 @@ def coverage(outcomes: Sequence[Outcome]) -> str:
 # -- replay over HTTP ----------------------------------------------------------------------
 
 
-def replay(sim: Simulation, urls: dict[str, str], pool: Any = None, reactor: Any = None) -> Any:
+def replay(
+    sim: Simulation,
+    urls: dict[str, str] | None = None,
+    pool: Any = None,
+    reactor: Any = None,
+    route: Any = None,
+) -> Any:
     """
-    Send every call of ``sim`` in order with treq (``urls`` maps a provider
-    to its gateway's base URL); a Deferred of ``sim.outcomes``.
+    Send every call of ``sim`` in order with treq; a Deferred of
+    ``sim.outcomes``.
+
+    :param urls: a provider's name to its gateway's base URL.
+    :param route: instead of ``urls``, a callable of the call giving the base
+        URL to send it to (to spread one conversation over several gateways).
     """
+    if route is None:
+        assert urls is not None
+        route = lambda call: urls[call.provider]  # noqa: E731
     import treq
     from twisted.internet.defer import inlineCallbacks
     from twisted.internet.task import deferLater
@@ -1235,7 +1248,7 @@ def replay(sim: Simulation, urls: dict[str, str], pool: Any = None, reactor: Any
         try:
             response = yield treq.request(
                 "POST",
-                urls[call.provider] + call.path,
+                route(call) + call.path,
                 data=json.dumps(call.body).encode(),
                 headers=headers,
                 pool=pool,

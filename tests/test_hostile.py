@@ -38,13 +38,13 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogPublisher
 from twisted.web import server
 from twisted.web.server import Site
 
 from llmgate import config as configuration
 from llmgate.service import GatewayParts
+from tests.rawclient import RawClient
 from tests.fakeupstream import FakeUpstream, Seen
 
 KEY = "sk-hostile-UPSTREAM-key-5e0c8d7a"
@@ -192,17 +192,6 @@ def target(tmp_path_factory: Any) -> Iterator[Target]:
 # -- a raw client ------------------------------------------------------------------------------
 
 
-class RawClient(Protocol):
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.closed: Deferred[bytes] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Any) -> None:
-        if not self.closed.called:
-            self.closed.callback(b"".join(self.chunks))
 
 
 @attrs.frozen

@@ -26,7 +26,7 @@ from twisted.web.server import Site
 
 from tests.fakeupstream import AgentUpstream
 from tests.redisserver import redis_server  # noqa: F401  (a fixture)
-from tests.sessionsim import SCENARIOS, Reply, Simulation, explain, score, table
+from tests.sessionsim import SCENARIOS, Simulation, explain, replay, score, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -122,48 +122,26 @@ def fleet(tmp_path, model, redis_server) -> Iterator[dict[str, list[Gateway]]]: 
                 gateway.stop()
 
 
-def alternating_replay(sim: Simulation, fleet: dict[str, list[Gateway]], pool: Any) -> Any:
+def alternating(fleet: dict[str, list[Gateway]]) -> Any:
     """
-    Replay ``sim`` with consecutive calls of each conversation sent to
-    alternate gateway processes.
+    A route for :func:`replay` that sends consecutive calls of each
+    conversation to alternate gateway processes.
     """
     turns: dict[Any, int] = {}
 
-    @inlineCallbacks
-    def send(call: Any) -> Any:
-        key = call.conversation_id
-        turn = turns[key] = turns.get(key, -1) + 1
+    def route(call: Any) -> str:
+        turn = turns[call.conversation_id] = turns.get(call.conversation_id, -1) + 1
         gateways = fleet[call.provider]
-        url = gateways[turn % len(gateways)].url
-        headers = {"content-type": ["application/json"], **{k: [v] for k, v in call.headers.items()}}
-        try:
-            response = yield treq.request(
-                "POST", url + call.path, data=json.dumps(call.body).encode(),
-                headers=headers, pool=pool, persistent=True, timeout=call.client_timeout,
-            )
-            body = yield treq.content(response)
-        except Exception:
-            if call.fail_mode != "gone":
-                raise
-            return Reply(None)
-        headers_out = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
-        return Reply(response.code, headers_out, body)
+        return gateways[turn % len(gateways)].url
 
-    @inlineCallbacks
-    def run() -> Any:
-        for call in sim.calls():
-            reply = yield send(call)
-            sim.record(call, reply)
-        return sim.outcomes
-
-    return run()
+    return route
 
 
 @pytest_twisted.inlineCallbacks
 def test_two_processes_on_one_redis_label_as_one(fleet, model, pool) -> Any:
     sim = Simulation(seed=3, conversations=40)
     model.reply = sim.model
-    outcomes = yield alternating_replay(sim, fleet, pool).addTimeout(120, reactor)
+    outcomes = yield replay(sim, pool=pool, route=alternating(fleet)).addTimeout(120, reactor)
     scores = score(outcomes)
     report = table(scores) + "\n" + explain(outcomes)
     assert set(scores) == {"all", *SCENARIOS}, report

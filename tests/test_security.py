@@ -26,13 +26,14 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import eventAsJSON, eventAsText, formatEvent, globalLogPublisher
 
 from llmgate import config as configuration
 from llmgate.logs import make_observer
+from tests.rawclient import RawClient
 
 #: Secrets planted for the redaction run; each is searched for everywhere.
 KEY = "sk-canary-UPSTREAM-3f9a1c7e5b2d4680aa"
@@ -115,17 +116,6 @@ def metrics_of(gateway: Any, token: str | None = None) -> Any:
 # -- a raw client, for what HTTP libraries will not send ---------------------------------------
 
 
-class RawClient(Protocol):
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.closed: Deferred[bytes] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Any) -> None:
-        if not self.closed.called:
-            self.closed.callback(b"".join(self.chunks))
 
 
 def port_of(gateway: Any) -> int:

@@ -103,33 +103,26 @@ class SessionStage(Middleware):
 def _response_id(exchange: Exchange) -> str | None:
     """
     The id of an OpenAI Responses API answer, which a later call may name as
-    its ``previous_response_id``.
+    its ``previous_response_id``: from the parsed answer, or from the first
+    events of a stream (``response.created`` carries it).
     """
     response = exchange.response
     if response is None:
         return None
-    candidates: list[str] = []
-    if response.streaming:
-        candidates = [e.data for e in response.events[:3] if '"response"' in e.data]
-    else:
-        candidates = [bytes(response.body[:4096]).decode("utf-8", "replace")] if response.body else []
-    for text in candidates:
-        if '"resp_' not in text:
-            continue
-        try:
-            document = json.loads(text) if not response.streaming else json.loads(text)
-        except ValueError:
-            document = None
-        if isinstance(document, dict):
-            inner = document.get("response", document)
-            if isinstance(inner, dict) and isinstance(inner.get("id"), str):
-                return inner["id"]
-    if not response.streaming and response.body:
-        try:
-            document = json.loads(bytes(response.body))
-        except ValueError:
-            return None
+    if not response.streaming:
+        document = response.document()
         if isinstance(document, dict) and document.get("object") == "response":
             value = document.get("id")
             return value if isinstance(value, str) else None
+        return None
+    for event in response.events[:3]:
+        if '"resp_' not in event.data:
+            continue
+        try:
+            document = json.loads(event.data)
+        except ValueError:
+            continue
+        inner = document.get("response") if isinstance(document, dict) else None
+        if isinstance(inner, dict) and isinstance(inner.get("id"), str):
+            return inner["id"]
     return None
