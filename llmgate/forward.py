@@ -3,16 +3,16 @@ The upstream forwarder: each client call becomes one request to the
 configured upstream over a shared persistent connection pool, and its answer
 is relayed back as it arrives.
 
-The forwarder drives a pooled ``IAgent`` itself rather than through
+The forwarder drives an ``IAgent`` itself rather than through
 ``treq.HTTPClient.request``, which always adds a shared cookie jar, redirect
 following and gzip decoding: a proxy must store no cookie between clients,
-follow no redirect and pass bodies through intact.  Tests drive the same code
+follow no redirect and pass bodies through intact.  The running gateway's
+agent is :class:`llmgate.upstream.UpstreamAgent`; tests drive the same code
 with ``treq.testing``'s in-memory agent.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
 from service_identity import CertificateError, VerificationError
 from twisted.internet import error as neterror
@@ -22,8 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client
 from twisted.web.http_headers import Headers
-from twisted.internet import ssl
-from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -50,11 +49,11 @@ class BytesProducer:
     replayable = True
 
     def __init__(self, body: bytes) -> None:
-        self._body = body
+        self.body = body
         self.length = len(body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
+        consumer.write(self.body)
         return succeed(None)
 
     def pauseProducing(self) -> None:
@@ -65,76 +64,6 @@ class BytesProducer:
 
     def stopProducing(self) -> None:
         pass
-
-
-@implementer(IPolicyForHTTPS)
-class _NoVerification:
-    """
-    TLS without certificate checks, for ``llm.tls_verify: false`` only.
-    """
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return ssl.CertificateOptions(verify=False)
-
-
-def tls_policy(ca_file: str | None, verify: bool) -> IPolicyForHTTPS:
-    """
-    How the upstream's certificate is checked: against the system's CAs (the
-    way a browser does, with service_identity), against ``ca_file``, or not
-    at all.
-    """
-    if not verify:
-        return _NoVerification()
-    if ca_file:
-        with open(ca_file, "rb") as handle:
-            pem = handle.read()
-        certificates = [
-            ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
-            for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
-        ]
-        return client.BrowserLikePolicyForHTTPS(
-            trustRoot=ssl.trustRootFromCertificates(certificates)
-        )
-    return client.BrowserLikePolicyForHTTPS()
-
-
-class _Agent(client.Agent):
-    """
-    An ``Agent`` that makes the endpoint of each upstream once, not once per
-    request: there is one upstream, and building its endpoint (with an IDNA
-    check of the host) cost more than the rest of the request set-up.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
-
-    def _getEndpoint(self, uri: Any) -> Any:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            if len(self._endpoints) > 16:
-                self._endpoints.clear()
-            endpoint = self._endpoints[key] = super()._getEndpoint(uri)
-        return endpoint
-
-
-def make_agent(
-    reactor: Any,
-    pool: client.HTTPConnectionPool,
-    connect_timeout: float,
-    policy: IPolicyForHTTPS | None = None,
-) -> IAgent:
-    """
-    The agent the forwarder sends with: pooled, and verifying upstream
-    certificates by ``policy`` (the browser-like default when None).
-    """
-    return _Agent(
-        reactor,
-        contextFactory=policy or client.BrowserLikePolicyForHTTPS(),
-        connectTimeout=connect_timeout,
-        pool=pool,
-    )
 
 
 def classify(failure: Failure) -> str:
@@ -507,4 +436,4 @@ class Call:
             self._timer = None
 
 
-__all__ = ["Forwarder", "Call", "BytesProducer", "make_agent", "Headers"]
+__all__ = ["Forwarder", "Call", "BytesProducer", "Headers"]

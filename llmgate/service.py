@@ -23,8 +23,7 @@ from llmgate import __version__, systemd
 from llmgate.app import Gateway
 from llmgate.config import ConfigError, GatewayConfig
 from llmgate.auth import AuthStage
-from llmgate.forward import Forwarder, make_agent, tls_policy
-from llmgate.pool import make_pool
+from llmgate.forward import Forwarder
 from llmgate.logs import make_observer
 from llmgate.metrics import Metrics
 from llmgate.middleware.registry import build_middlewares
@@ -34,6 +33,7 @@ from llmgate.server import GatewaySite
 from llmgate.sessions.detect import SessionDetector
 from llmgate.sessions.memory import MemorySessionStore
 from llmgate.sessions.stage import SessionStage
+from llmgate.upstream import make_upstream, tls_policy
 
 
 def make_session_store(config: GatewayConfig, reactor: Any) -> Any:
@@ -69,12 +69,8 @@ class GatewayParts:
         self.config = config
         self.reactor = reactor
         self.provider = provider_for(config.llm.type, config.llm.auth_header)
-        self.pool = make_pool(reactor, config)
-        self.agent = make_agent(
-            reactor,
-            self.pool,
-            connect_timeout=config.llm.timeout,
-            policy=tls_policy(config.llm.ca_file, config.llm.tls_verify),
+        self.pool, self.agent = make_upstream(
+            reactor, config, tls_policy(config.llm.ca_file, config.llm.tls_verify)
         )
         self.middlewares = build_middlewares(config, reactor)
         self.sessions: SessionStage | None = None

@@ -1,0 +1,839 @@
+"""
+The upstream HTTP/1.1 client: persistent connections to the one configured
+upstream, one request at a time on each.
+
+A gateway talks to a single origin, always with a body already in memory,
+and relays the answer's bytes as they come.  Twisted's general ``Agent``
+pays on every call for what that case never needs (a URI parsed again,
+an endpoint looked up, a request object and its producer dance, a parser
+built line by line), and that cost was half the gateway's CPU per call.
+:class:`UpstreamAgent` is an ``IAgent`` for this one case: the request head
+is written with the body in one write, the response head is parsed in one
+step, and the body is framed (Content-Length, chunked, or until close) and
+handed to the ``Protocol`` given to ``deliverBody``, with the connection's
+pause and resume for flow control.  Errors are Twisted's own
+(``ResponseNeverReceived``, ``ResponseFailed``, ``ResponseDone``,
+``PotentialDataLoss``), so callers cannot tell the two agents apart.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet import error as neterror
+from twisted.internet import ssl
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import client
+from twisted.web.client import (
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers, _nameEncoder
+from twisted.web.iweb import (
+    UNKNOWN_LENGTH,
+    IAgent,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
+from zope.interface import implementer
+
+from llmgate.config import GatewayConfig
+
+#: A reused connection that fails this soon after a request was written to it
+#: was closed by the upstream while idle: the request never reached it.
+STALE_WINDOW = 1.0
+
+#: Methods sent again after a stale connection whatever the time elapsed.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
+
+#: Methods whose request carries a body (and so a Content-Length) even empty.
+BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+#: The most a response head (status line and headers) may take.
+MAX_HEAD = 65536
+
+#: The longest chunk-size line of a chunked body.
+MAX_CHUNK_LINE = 1024
+
+_STALE = (neterror.ConnectionDone, neterror.ConnectionLost)
+
+#: Header names in Twisted's canonical form, cached: response heads are
+#: built straight into a ``Headers``, each name checked to be a token.
+_canonical: Callable[[bytes], bytes] = _nameEncoder.encode
+
+
+class UpstreamProtocolError(Exception):
+    """
+    The upstream broke HTTP/1.1 framing; the connection cannot be trusted.
+    """
+
+
+@implementer(IPushProducer)
+class _BodyTransport:
+    """
+    What a body ``Protocol`` sees as its transport: pause and resume reading
+    from the upstream, or stop the response (which drops the connection).
+    """
+
+    def __init__(self, connection: UpstreamConnection, response: UpstreamResponse) -> None:
+        self._connection = connection
+        self._response = response
+
+    def pauseProducing(self) -> None:
+        if self._connection.reading(self._response):
+            self._connection.pause()
+
+    def resumeProducing(self) -> None:
+        if self._connection.reading(self._response):
+            self._connection.resume()
+
+    def stopProducing(self) -> None:
+        if self._connection.reading(self._response):
+            self._connection.stop_body()
+
+    loseConnection = stopProducing
+
+
+@implementer(IResponse)
+class UpstreamResponse:
+    """
+    An upstream answer's head, and its body as it arrives.  Body bytes that
+    come before ``deliverBody`` are kept for the protocol given to it.
+    """
+
+    request = None
+    previousResponse = None
+
+    def __init__(
+        self,
+        connection: UpstreamConnection,
+        version: tuple[bytes, int, int],
+        code: int,
+        phrase: bytes,
+        headers: Headers,
+        length: int | object,
+    ) -> None:
+        self._connection = connection
+        self.version = version
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.length = length
+        self._protocol: Protocol | None = None
+        self._early: list[bytes] = []
+        self._ended: Failure | None = None
+
+    def setPreviousResponse(self, response: IResponse) -> None:
+        self.previousResponse = response
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        if self._protocol is not None:
+            raise RuntimeError("the body is already being delivered")
+        self._protocol = protocol
+        protocol.makeConnection(_BodyTransport(self._connection, self))  # type: ignore[arg-type]
+        early, self._early = self._early, []
+        for data in early:
+            protocol.dataReceived(data)
+        if self._ended is not None:
+            protocol.connectionLost(self._ended)
+
+    def _data(self, data: bytes) -> None:
+        if self._protocol is None:
+            self._early.append(data)
+        else:
+            self._protocol.dataReceived(data)
+
+    def _end(self, reason: Failure) -> None:
+        if self._ended is not None:
+            return
+        self._ended = reason
+        if self._protocol is not None:
+            self._protocol.connectionLost(reason)
+
+
+# Parser states of a connection.
+_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _DONE = range(9)
+
+
+class UpstreamConnection(Protocol):
+    """
+    One connection to the upstream.  The pool hands it one request at a
+    time; when the answer's body has been read to its end and both sides
+    allow it, the connection goes back to the pool.
+    """
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._state = _IDLE
+        self._buffer = b""
+        self._result: Deferred[IResponse] | None = None
+        self._response: UpstreamResponse | None = None
+        self._method = b""
+        self._remaining = 0
+        self._keep_alive = True
+        self._paused = False
+        self._lost = False
+        self.reused = False
+        self.sent_at = 0.0
+        self.idle_timer: IDelayedCall | None = None
+
+    # -- the pool's side ------------------------------------------------------
+
+    def send(self, method: bytes, data: list[bytes]) -> Deferred[IResponse]:
+        """
+        Write one request (head and body) and return its response head.
+        """
+        self._state = _HEAD
+        self._method = method
+        self._keep_alive = True
+        self._response = None
+        self.sent_at = self._pool.clock.seconds()
+        self._result = Deferred(self._cancel)
+        self.transport.writeSequence(data)  # type: ignore[union-attr]
+        return self._result
+
+    def _cancel(self, result: Deferred[IResponse]) -> None:
+        # Before the head arrived: the connection holds a request in flight.
+        self._result = None
+        self._keep_alive = False
+        self._state = _DONE
+        self.transport.abortConnection()  # type: ignore[union-attr]
+        result.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+    # -- bytes from the upstream ----------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        try:
+            self._parse(data)
+        except UpstreamProtocolError:
+            self._fail(Failure())
+
+    def _parse(self, data: bytes) -> None:
+        while data:
+            state = self._state
+            if state == _LENGTH:
+                remaining = self._remaining
+                if len(data) < remaining:
+                    self._remaining = remaining - len(data)
+                    self._response._data(data)  # type: ignore[union-attr]
+                    return
+                body, data = data[:remaining], data[remaining:]
+                self._remaining = 0
+                if body:
+                    self._response._data(body)  # type: ignore[union-attr]
+                self._body_done(clean=not data)
+            elif state == _UNTIL_CLOSE:
+                self._response._data(data)  # type: ignore[union-attr]
+                return
+            elif state == _CHUNK_DATA:
+                remaining = self._remaining
+                if len(data) <= remaining:
+                    self._remaining = remaining - len(data)
+                    self._response._data(data)  # type: ignore[union-attr]
+                    if self._remaining == 0:
+                        self._state = _CHUNK_CRLF
+                    return
+                self._response._data(data[:remaining])  # type: ignore[union-attr]
+                data = data[remaining:]
+                self._remaining = 0
+                self._state = _CHUNK_CRLF
+            elif state == _CHUNK_CRLF:
+                if len(data) < 2:
+                    self._buffer = data
+                    return
+                if data[:2] != b"\r\n":
+                    raise UpstreamProtocolError("chunk not followed by CRLF")
+                data = data[2:]
+                self._state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE:
+                end = data.find(b"\r\n")
+                if end < 0:
+                    if len(data) > MAX_CHUNK_LINE:
+                        raise UpstreamProtocolError("chunk size line too long")
+                    self._buffer = data
+                    return
+                size_field = data[:end].split(b";", 1)[0].strip()
+                data = data[end + 2 :]
+                try:
+                    if not size_field or size_field.startswith((b"-", b"+", b"0x", b"0X")):
+                        raise ValueError(size_field)
+                    size = int(size_field, 16)
+                except ValueError:
+                    raise UpstreamProtocolError(f"bad chunk size {size_field!r}") from None
+                if size == 0:
+                    self._state = _TRAILERS
+                else:
+                    self._remaining = size
+                    self._state = _CHUNK_DATA
+            elif state == _TRAILERS:
+                end = data.find(b"\r\n")
+                if end < 0:
+                    if len(data) > MAX_HEAD:
+                        raise UpstreamProtocolError("trailers too long")
+                    self._buffer = data
+                    return
+                line, data = data[:end], data[end + 2 :]
+                if not line:
+                    self._body_done(clean=not data)
+            elif state == _HEAD:
+                end, size = data.find(b"\r\n\r\n"), 4
+                if end < 0:
+                    # Bare LF line ends, which HTTP/1.1 tolerates.
+                    end, size = data.find(b"\n\n"), 2
+                if end < 0:
+                    if len(data) > MAX_HEAD:
+                        raise UpstreamProtocolError("response head too long")
+                    self._buffer = data
+                    return
+                if end > MAX_HEAD:
+                    raise UpstreamProtocolError("response head too long")
+                head, data = data[:end], data[end + size :]
+                self._head(head, clean=not data)
+                if self._state == _DONE and self._lost:
+                    return
+            elif state == _IDLE or state == _DONE:
+                if state == _DONE and not self._keep_alive:
+                    # Bytes after an answer on a connection that closes anyway.
+                    return
+                raise UpstreamProtocolError("upstream sent bytes with no request")
+            else:  # pragma: no cover
+                raise AssertionError(state)
+
+    def _head(self, head: bytes, clean: bool) -> None:
+        lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
+        status = lines[0].split(b" ", 2)
+        try:
+            version_text, code_text = status[0], status[1]
+            if not version_text.startswith(b"HTTP/1.") or len(code_text) != 3:
+                raise ValueError
+            minor = int(version_text[7:])
+            code = int(code_text)
+        except (IndexError, ValueError):
+            raise UpstreamProtocolError(f"bad status line {lines[0][:80]!r}") from None
+        phrase = status[2] if len(status) > 2 else b""
+        headers = Headers()
+        raw = headers._rawHeaders
+        encode = _canonical
+        length_values: list[bytes] = []
+        chunked = False
+        transfer_encoded = False
+        close = minor == 0
+        previous: list[bytes] | None = None
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t"):
+                # An obsolete folded line continues the previous header.
+                if previous is None:
+                    raise UpstreamProtocolError("folded line before any header")
+                previous[-1] = previous[-1] + b" " + line.strip()
+                continue
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise UpstreamProtocolError(f"bad header line {line[:80]!r}")
+            value = value.strip()
+            lower = name.lower()
+            if lower == b"content-length":
+                length_values.append(value)
+                previous = None
+                continue
+            if lower == b"transfer-encoding":
+                transfer_encoded = True
+                chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            elif lower == b"connection":
+                tokens = value.lower()
+                if b"close" in tokens:
+                    close = True
+                elif minor == 0 and b"keep-alive" in tokens:
+                    close = False
+            try:
+                key = encode(name)
+            except ValueError:
+                raise UpstreamProtocolError(f"bad header name {name[:80]!r}") from None
+            previous = raw.get(key)
+            if previous is None:
+                previous = raw[key] = [value]
+            else:
+                previous.append(value)
+        if 100 <= code < 200:
+            if code == 101:
+                raise UpstreamProtocolError("upstream switched protocols")
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            return
+        length: int | object = UNKNOWN_LENGTH
+        if self._method == b"HEAD" or code in (204, 304):
+            length = 0
+            state = _DONE
+        elif transfer_encoded:
+            # Transfer-Encoding wins over any Content-Length, and the message
+            # cannot be trusted to leave the connection clean.
+            if length_values:
+                close = True
+            state = _CHUNK_SIZE if chunked else _UNTIL_CLOSE
+        elif length_values:
+            values = {part.strip() for value in length_values for part in value.split(b",")}
+            if len(values) != 1:
+                raise UpstreamProtocolError("conflicting Content-Length values")
+            value = values.pop()
+            if not value.isdigit():
+                raise UpstreamProtocolError(f"bad Content-Length {value[:40]!r}")
+            length = int(value)
+            self._remaining = length
+            state = _LENGTH if length else _DONE
+        else:
+            state = _UNTIL_CLOSE
+        if state == _UNTIL_CLOSE:
+            close = True
+        self._keep_alive = not close
+        self._state = state
+        response = self._response = UpstreamResponse(
+            self, (b"HTTP", 1, minor), code, phrase, headers, length
+        )
+        result, self._result = self._result, None
+        if state == _DONE:
+            self._body_done(clean)
+        if result is not None:
+            result.callback(response)
+
+    # -- the end of an answer ---------------------------------------------------
+
+    def _body_done(self, clean: bool = True) -> None:
+        """
+        The answer's body ended; ``clean`` is false when more bytes followed
+        it, which no request asked for.
+        """
+        response = self._response
+        self._state = _DONE
+        if not clean:
+            self._keep_alive = False
+        if not self._keep_alive:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif not self._lost:
+            self._resume_transport()
+            self._state = _IDLE
+            self._pool._release(self)
+        if response is not None:
+            response._end(Failure(ResponseDone("response body complete")))
+
+    def _fail(self, reason: Failure) -> None:
+        """
+        The connection cannot go on: fail whatever is waiting on it.
+        """
+        self._keep_alive = False
+        state = self._state
+        self._state = _DONE
+        if not self._lost:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        self._lost_with(state, reason)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self._lost = True
+        state = self._state
+        self._state = _DONE
+        self._pool._lost(self)
+        if state == _UNTIL_CLOSE and reason.check(neterror.ConnectionDone):
+            self._response._end(Failure(PotentialDataLoss()))  # type: ignore[union-attr]
+            return
+        self._lost_with(state, reason)
+
+    def _lost_with(self, state: int, reason: Failure) -> None:
+        result, self._result = self._result, None
+        if result is not None:
+            result.errback(ResponseNeverReceived([reason]))
+        elif state not in (_IDLE, _DONE) and self._response is not None:
+            self._response._end(Failure(ResponseFailed([reason])))
+
+    # -- flow control ---------------------------------------------------------
+
+    def reading(self, response: UpstreamResponse) -> bool:
+        """
+        Whether this connection is still reading ``response``'s body (and not
+        carrying another answer since).
+        """
+        return self._response is response and self._state not in (_IDLE, _DONE) and not self._lost
+
+    def pause(self) -> None:
+        if not self._paused and not self._lost:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        if self._paused and not self._lost:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _resume_transport(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stop_body(self) -> None:
+        """
+        The body's consumer is gone: drop the connection mid-answer.
+        """
+        if self._state in (_IDLE, _DONE) or self._lost:
+            return
+        # The body's protocol hears of it from connectionLost, as with
+        # Twisted's client: never from inside its own call.
+        self._keep_alive = False
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return UpstreamConnection(self._pool)
+
+
+class UpstreamPool:
+    """
+    Persistent connections to one upstream.
+
+    Idle connections are kept newest first (the one least likely to have
+    been closed by the upstream's own keep-alive timer), at most
+    ``max_idle`` of them, each for at most ``idle_timeout`` seconds.  A
+    request that meets a kept connection the upstream had just closed is
+    sent once more on a new one when that cannot run it twice: it is
+    idempotent, or the connection failed within :data:`STALE_WINDOW` with
+    no byte of an answer.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        endpoint: Any,
+        max_idle: int = 64,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.clock = reactor
+        self._endpoint = endpoint
+        self._factory = _ConnectionFactory(self)
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._idle: deque[UpstreamConnection] = deque()
+        self._active: set[UpstreamConnection] = set()
+        self._closing: list[Deferred[None]] = []
+        self._connects: set[Deferred[Any]] = set()
+        self.connections_made = 0
+
+    # -- sending ----------------------------------------------------------------
+
+    def send(self, method: bytes, data: list[bytes]) -> Deferred[IResponse]:
+        """
+        Send one request, already serialised, on a kept connection or a new
+        one.
+        """
+        return _Attempts(self, method, data).start()
+
+    def _kept(self) -> UpstreamConnection | None:
+        idle = self._idle
+        while idle:
+            connection = idle.popleft()
+            self._cancel_idle_timer(connection)
+            if not connection._lost:
+                self._active.add(connection)
+                return connection
+        return None
+
+    def _connect(self) -> Deferred[UpstreamConnection]:
+        connecting: Deferred[UpstreamConnection] = self._endpoint.connect(self._factory)
+        self._connects.add(connecting)
+
+        def connected(connection: UpstreamConnection) -> UpstreamConnection:
+            self._connects.discard(connecting)
+            self.connections_made += 1
+            self._active.add(connection)
+            return connection
+
+        def failed(reason: Failure) -> Failure:
+            self._connects.discard(connecting)
+            if reason.check(CancelledError):
+                return Failure(ResponseNeverReceived([reason]))
+            return reason
+
+        return connecting.addCallbacks(connected, failed)
+
+    # -- keeping connections ------------------------------------------------------
+
+    def _release(self, connection: UpstreamConnection) -> None:
+        self._active.discard(connection)
+        if self._closing or len(self._idle) >= self.max_idle:
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        connection.idle_timer = self.clock.callLater(
+            self.idle_timeout, connection.transport.loseConnection  # type: ignore[union-attr]
+        )
+        self._idle.appendleft(connection)
+
+    def _lost(self, connection: UpstreamConnection) -> None:
+        self._active.discard(connection)
+        self._cancel_idle_timer(connection)
+        try:
+            self._idle.remove(connection)
+        except ValueError:
+            pass
+        if self._closing and not self._idle and not self._active:
+            closing, self._closing = self._closing, []
+            for waiting in closing:
+                waiting.callback(None)
+
+    def _cancel_idle_timer(self, connection: UpstreamConnection) -> None:
+        timer, connection.idle_timer = connection.idle_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def closeCachedConnections(self) -> Deferred[None]:
+        """
+        Close every kept connection, and stop keeping connections; fires when
+        they are closed.  Connections still carrying an answer are left to
+        finish and close then.
+        """
+        for connecting in list(self._connects):
+            connecting.cancel()
+        idle = list(self._idle)
+        if not idle:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._closing.append(done)
+        for connection in idle:
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+        if not self._idle and not self._active and not done.called:
+            done.callback(None)
+        return done
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._active)
+
+
+class _Attempts:
+    """
+    One request on its way to the upstream: sent on a kept connection, and
+    once more on a new one when that connection turns out to have been
+    closed by the upstream before it read the request.
+    """
+
+    def __init__(self, pool: UpstreamPool, method: bytes, data: list[bytes]) -> None:
+        self._pool = pool
+        self._method = method
+        self._data = data
+        self._current: Deferred[Any] | None = None
+        self.outcome: Deferred[IResponse] = Deferred(self._cancel)
+
+    def start(self) -> Deferred[IResponse]:
+        connection = self._pool._kept()
+        if connection is None:
+            self._on_new_connection()
+        else:
+            self._send_on(connection, reused=True)
+        return self.outcome
+
+    def _on_new_connection(self) -> None:
+        self._current = connecting = self._pool._connect()
+        connecting.addCallbacks(self._send_on, self._failed)
+
+    def _send_on(self, connection: UpstreamConnection, reused: bool = False) -> None:
+        self._current = sent = connection.send(self._method, self._data)
+        sent.addCallbacks(self._answered, self._lost, errbackArgs=(connection, reused))
+
+    def _answered(self, response: IResponse) -> None:
+        self._current = None
+        self.outcome.callback(response)
+
+    def _lost(self, reason: Failure, connection: UpstreamConnection, reused: bool) -> None:
+        self._current = None
+        if reused and self._stale(reason, connection):
+            self._on_new_connection()
+        else:
+            self.outcome.errback(reason)
+
+    def _stale(self, reason: Failure, connection: UpstreamConnection) -> bool:
+        if not reason.check(ResponseNeverReceived):
+            return False
+        reasons = reason.value.reasons
+        if not reasons or not all(r.check(*_STALE) for r in reasons):
+            return False
+        quick = self._pool.clock.seconds() - connection.sent_at <= STALE_WINDOW
+        return self._method in IDEMPOTENT or quick
+
+    def _failed(self, reason: Failure) -> None:
+        self._current = None
+        if not self.outcome.called:
+            self.outcome.errback(reason)
+
+    def _cancel(self, outcome: Deferred[IResponse]) -> None:
+        current, self._current = self._current, None
+        if current is not None:
+            current.cancel()
+
+
+@implementer(IAgent)
+class UpstreamAgent:
+    """
+    An ``IAgent`` for the one upstream behind ``base_url``: requests whose
+    URI starts with it go over :class:`UpstreamPool`'s connections.
+    """
+
+    def __init__(self, pool: UpstreamPool, base_url: bytes) -> None:
+        origin = Origin.of(base_url)
+        self.pool = pool
+        self._base = base_url.rstrip(b"/")
+        self._base_path = origin.path
+        self._host = origin.host_header
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        base = self._base
+        if not uri.startswith(base) or uri[len(base) : len(base) + 1] not in (b"", b"/", b"?"):
+            raise ValueError("the upstream agent only sends to its base URL")
+        target = self._base_path + uri[len(base) :]
+        if not target.startswith(b"/"):
+            target = b"/" + target
+        body = getattr(bodyProducer, "body", None) if bodyProducer is not None else None
+        if bodyProducer is not None and body is None:
+            raise TypeError("the upstream agent sends bodies held in memory only")
+        return self.pool.send(method, self.serialise(method, target, headers, body))
+
+    def serialise(
+        self, method: bytes, target: bytes, headers: Headers | None, body: bytes | None
+    ) -> list[bytes]:
+        """
+        The request head and body, ready for one write.
+        """
+        if b"\r" in target or b"\n" in target or b" " in target:
+            raise ValueError("request target holds whitespace or a line break")
+        lines = [method, b" ", target, b" HTTP/1.1\r\nHost: ", self._host, b"\r\n"]
+        if headers is not None:
+            for name, values in headers.getAllRawHeaders():
+                for value in values:
+                    lines += (name, b": ", value, b"\r\n")
+        if body is not None:
+            lines += (b"Content-Length: %d\r\n\r\n" % (len(body),), body)
+        elif method in BODY_METHODS:
+            lines.append(b"Content-Length: 0\r\n\r\n")
+        else:
+            lines.append(b"\r\n")
+        return [b"".join(lines)] if body is None or len(body) < 65536 else [
+            b"".join(lines[:-1]),
+            body,
+        ]
+
+
+@implementer(IPolicyForHTTPS)
+class _NoVerification:
+    """
+    TLS without certificate checks, for ``llm.tls_verify: false`` only.
+    """
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return ssl.CertificateOptions(verify=False)
+
+
+def tls_policy(ca_file: str | None, verify: bool) -> IPolicyForHTTPS:
+    """
+    How the upstream's certificate is checked: against the system's CAs (the
+    way a browser does, with service_identity), against ``ca_file``, or not
+    at all.
+    """
+    if not verify:
+        return _NoVerification()
+    if ca_file:
+        with open(ca_file, "rb") as handle:
+            pem = handle.read()
+        certificates = [
+            ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
+            for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+        ]
+        return client.BrowserLikePolicyForHTTPS(
+            trustRoot=ssl.trustRootFromCertificates(certificates)
+        )
+    return client.BrowserLikePolicyForHTTPS()
+
+
+@attrs.frozen
+class Origin:
+    """
+    Where ``llm.base_url`` points: scheme, host, port, and a path prefix.
+    """
+
+    scheme: bytes
+    host: str
+    port: int
+    path: bytes
+
+    @classmethod
+    def of(cls, base_url: bytes) -> Origin:
+        parts = urlsplit(base_url)
+        scheme = parts.scheme.lower()
+        port = parts.port or (443 if scheme == b"https" else 80)
+        host = (parts.hostname or b"").decode("idna")
+        return cls(scheme, host, port, parts.path.rstrip(b"/"))
+
+    @property
+    def host_header(self) -> bytes:
+        host = self.host.encode("idna")
+        if ":" in self.host:
+            host = b"[" + host + b"]"
+        default = 443 if self.scheme == b"https" else 80
+        return host if self.port == default else b"%s:%d" % (host, self.port)
+
+
+def upstream_endpoint(
+    reactor: Any, base_url: bytes, connect_timeout: float, policy: IPolicyForHTTPS
+) -> Any:
+    """
+    The client endpoint of ``base_url``: TCP, wrapped in TLS checked by
+    ``policy`` for https.
+    """
+    origin = Origin.of(base_url)
+    endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=connect_timeout)
+    if origin.scheme == b"https":
+        creator = policy.creatorForNetloc(origin.host.encode("idna"), origin.port)
+        return wrapClientTLS(creator, endpoint)
+    return endpoint
+
+
+def make_upstream(
+    reactor: Any, config: GatewayConfig, policy: IPolicyForHTTPS
+) -> tuple[UpstreamPool, UpstreamAgent]:
+    """
+    The pool of connections to ``llm.base_url`` and the agent that sends
+    through it.
+    """
+    llm = config.llm
+    base_url = llm.base_url.encode("utf-8")
+    pool = UpstreamPool(
+        reactor,
+        upstream_endpoint(reactor, base_url, llm.timeout, policy),
+        max_idle=llm.max_idle_connections,
+        idle_timeout=llm.idle_connection_timeout,
+    )
+    return pool, UpstreamAgent(pool, base_url)
