@@ -40,6 +40,14 @@ class Observer:
         self._record = record
         self._pipeline = pipeline
         self._clock = clock
+        self._watching = pipeline.observed
+        if not self._watching:
+            # Nothing will read the record: count bytes and time only.
+            self._room = 0
+            self._decoder = None
+            self._parser = None
+            self._usage = None
+            return
         self._room = capture_limit
         self._decoder = _decoder_for(record.header(b"content-encoding"))
         self._parser = SSEParser() if record.streaming else None
@@ -92,6 +100,8 @@ class Observer:
         """
         The body ended: settle the exchange's token usage.
         """
+        if not self._watching:
+            return
         usage = None
         if self._usage is not None:
             usage = self._usage.result()

@@ -46,6 +46,9 @@ class Pipeline:
         self._on_event = [m for m in backwards if _overrides(m, "event_received")]
         self._on_finish = [m for m in backwards if _overrides(m, "exchange_finished")]
         self.wants_events = bool(self._on_event)
+        #: Whether anything reads a finished exchange; when nothing does, an
+        #: answer is relayed without being parsed or kept.
+        self.observed = bool(self.middlewares)
         self.errors: Counter[str] = Counter()
 
     def request_received(

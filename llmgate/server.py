@@ -95,6 +95,19 @@ class GatewayChannel(HTTPChannel):
     """
 
     _deadline: IDelayedCall | None = None
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        # Asked by every request; one getsockname() per connection is enough.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:

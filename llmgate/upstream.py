@@ -69,6 +69,10 @@ MAX_CHUNK_LINE = 1024
 
 _STALE = (neterror.ConnectionDone, neterror.ConnectionLost)
 
+#: How every complete body ends; one instance, since a Failure is costly to
+#: build and this one carries no traceback.
+_COMPLETE = Failure(ResponseDone("response body complete"))
+
 #: Header names in Twisted's canonical form, cached: response heads are
 #: built straight into a ``Headers``, each name checked to be a token.
 _canonical: Callable[[bytes], bytes] = _nameEncoder.encode
@@ -426,7 +430,7 @@ class UpstreamConnection(Protocol):
             self._state = _IDLE
             self._pool._release(self)
         if response is not None:
-            response._end(Failure(ResponseDone("response body complete")))
+            response._end(_COMPLETE)
 
     def _fail(self, reason: Failure) -> None:
         """

@@ -173,6 +173,39 @@ class ForwardingTests(SynchronousTestCase):
         self.assertGreater(exchange.response.event_count, 3)
         self.assertEqual(exchange.response.events[-1].data, "[DONE]")
 
+    def test_with_nothing_observing_the_answer_is_relayed_but_not_kept(self) -> None:
+        harness = Harness()
+        response = self.successResultOf(
+            harness.post("/v1/chat/completions", {"model": "m", "stream": True})
+        )
+        self.assertIn(b"data: [DONE]", harness.body(response))
+        calls = []
+        harness.forwarder.pipeline = Pipeline([])
+        original = harness.forwarder.forward
+
+        def forward(request: Any) -> Any:
+            d = original(request)
+            calls.extend(harness.forwarder.open_calls.values())
+            return d
+
+        harness.forwarder.forward = forward  # type: ignore[method-assign]
+        harness.body(self.successResultOf(
+            harness.post("/v1/chat/completions", {"model": "m", "stream": True})
+        ))
+        [call] = calls
+        record = call.exchange.response
+        self.assertGreater(record.body_size, 0)
+        self.assertEqual((record.events, record.body, record.event_count), ([], b"", 0))
+        self.assertIsNone(call.exchange.usage)
+        self.assertIsNotNone(call.exchange.first_byte_at)
+
+    def test_exchange_ids_are_32_hex_digits_and_never_repeat(self) -> None:
+        from llmgate.exchange import new_exchange_id
+
+        ids = [new_exchange_id() for _ in range(10_000)]
+        self.assertEqual(len(set(ids)), len(ids))
+        self.assertTrue(all(len(i) == 32 and int(i, 16) >= 0 for i in ids))
+
 
 class ErrorTests(SynchronousTestCase):
     def error_of(self, harness: Harness, response: Any) -> dict:
