@@ -303,6 +303,16 @@ class Call:
         self._observer = observer = Observer(
             exchange, record, forwarder.pipeline, forwarder.clock, forwarder.capture_limit
         )
+        whole = getattr(response, "complete_body", None)
+        body = whole() if whole is not None and rewrite is None else None
+        if body is not None:
+            # The whole answer came with its head: no stream to relay.
+            exchange.headers_relayed_at = forwarder.clock.seconds()
+            if body:
+                request.write(body)
+                observer(body)
+            self._finish()
+            return
         self._relay = relay = Relay(
             request, forwarder.clock, forwarder.config.llm.idle_timeout, observer, rewrite
         )

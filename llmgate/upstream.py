@@ -153,6 +153,18 @@ class UpstreamResponse:
         if self._ended is not None:
             protocol.connectionLost(self._ended)
 
+    def complete_body(self) -> bytes | None:
+        """
+        The whole body, when it has already arrived and ended cleanly and no
+        protocol was given to ``deliverBody`` (then none may be): a small
+        answer often comes in the same packet as its head.  None otherwise.
+        """
+        if self._protocol is not None or self._ended is not _COMPLETE:
+            return None
+        self._protocol = _DELIVERED
+        early, self._early = self._early, []
+        return b"".join(early)
+
     def _data(self, data: bytes) -> None:
         if self._protocol is None:
             self._early.append(data)
@@ -166,6 +178,9 @@ class UpstreamResponse:
         if self._protocol is not None:
             self._protocol.connectionLost(reason)
 
+
+#: Stands for the body's protocol once the body was taken whole.
+_DELIVERED = Protocol()
 
 # Parser states of a connection.
 _IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _DONE = range(9)
@@ -191,7 +206,7 @@ class UpstreamConnection(Protocol):
         self._lost = False
         self.reused = False
         self.sent_at = 0.0
-        self.idle_timer: IDelayedCall | None = None
+        self.idle_since = 0.0
 
     # -- the pool's side ------------------------------------------------------
 
@@ -537,6 +552,7 @@ class UpstreamPool:
         self._active: set[UpstreamConnection] = set()
         self._closing: list[Deferred[None]] = []
         self._connects: set[Deferred[Any]] = set()
+        self._sweeper: IDelayedCall | None = None
         self.connections_made = 0
 
     # -- sending ----------------------------------------------------------------
@@ -552,7 +568,6 @@ class UpstreamPool:
         idle = self._idle
         while idle:
             connection = idle.popleft()
-            self._cancel_idle_timer(connection)
             if not connection._lost:
                 self._active.add(connection)
                 return connection
@@ -583,14 +598,27 @@ class UpstreamPool:
         if self._closing or len(self._idle) >= self.max_idle:
             connection.transport.loseConnection()  # type: ignore[union-attr]
             return
-        connection.idle_timer = self.clock.callLater(
-            self.idle_timeout, connection.transport.loseConnection  # type: ignore[union-attr]
-        )
+        connection.idle_since = self.clock.seconds()
         self._idle.appendleft(connection)
+        if self._sweeper is None:
+            self._sweeper = self.clock.callLater(self.idle_timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        """
+        Close the connections idle for ``idle_timeout``: the oldest are at
+        the right end.  One timer for the pool, not one per connection.
+        """
+        self._sweeper = None
+        idle = self._idle
+        limit = self.clock.seconds() - self.idle_timeout
+        while idle and idle[-1].idle_since <= limit:
+            idle.pop().transport.loseConnection()  # type: ignore[union-attr]
+        if idle:
+            wait = idle[-1].idle_since - limit
+            self._sweeper = self.clock.callLater(wait, self._sweep)
 
     def _lost(self, connection: UpstreamConnection) -> None:
         self._active.discard(connection)
-        self._cancel_idle_timer(connection)
         try:
             self._idle.remove(connection)
         except ValueError:
@@ -600,11 +628,6 @@ class UpstreamPool:
             for waiting in closing:
                 waiting.callback(None)
 
-    def _cancel_idle_timer(self, connection: UpstreamConnection) -> None:
-        timer, connection.idle_timer = connection.idle_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
     def closeCachedConnections(self) -> Deferred[None]:
         """
         Close every kept connection, and stop keeping connections; fires when
@@ -613,6 +636,9 @@ class UpstreamPool:
         """
         for connecting in list(self._connects):
             connecting.cancel()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.active():
+            sweeper.cancel()
         idle = list(self._idle)
         if not idle:
             return succeed(None)

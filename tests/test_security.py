@@ -951,6 +951,7 @@ def test_no_secret_reaches_traces_logs_admin_views_errors_or_headers(make_gatewa
     finally:
         for observer in observers:
             globalLogPublisher.removeObserver(observer)
+            getattr(observer, "flush", lambda: None)()
 
     files = sorted(traces.iterdir())
     assert len(files) >= 15, files

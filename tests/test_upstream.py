@@ -157,6 +157,20 @@ class FramingTests(UpstreamTestCase):
         self.send()
         self.assertEqual(len(self.endpoint.transports), 1, "the kept connection is reused")
 
+    def test_a_body_already_complete_can_be_taken_whole(self) -> None:
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+        response = self.response(d)
+        self.assertIsNone(response.complete_body(), "not all there yet")
+        self.answer(b"lo")
+        self.assertEqual(response.complete_body(), b"hello")
+        self.assertRaises(RuntimeError, response.deliverBody, Body())
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        response = self.response(d)
+        response.deliverBody(Body())
+        self.assertIsNone(response.complete_body(), "already being delivered")
+
     def test_chunked_body_fed_one_byte_at_a_time(self) -> None:
         d = self.send()
         wire = (
