@@ -18,6 +18,10 @@ from llmgate.sse import ServerSentEvent
 
 _UNPARSED = object()
 
+#: What :meth:`ResponseRecord.parsed_document` and
+#: :meth:`Exchange.built_answer` return when nothing has computed it yet.
+UNPARSED = _UNPARSED
+
 
 class _ExchangeIds:
     """
@@ -89,6 +93,14 @@ class ResponseRecord:
                     self._document = json.loads(self.body)
                 except (ValueError, UnicodeDecodeError, RecursionError):
                     pass
+        return self._document
+
+    def parsed_document(self) -> Any:
+        """
+        :meth:`document` if something has asked for it already, else
+        :data:`UNPARSED`: for readers that should not pay for the parse on
+        the reactor thread.
+        """
         return self._document
 
     def header(self, name: bytes) -> bytes | None:
@@ -171,6 +183,13 @@ class Exchange:
                     document = response.document()
                     if document is not None:
                         self._answer = answer_from_body(self.provider, document)
+        return self._answer
+
+    def built_answer(self) -> Any:
+        """
+        :attr:`answer` if something has asked for it already, else
+        :data:`UNPARSED`.
+        """
         return self._answer
 
     @property

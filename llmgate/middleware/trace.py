@@ -24,13 +24,18 @@ from twisted.logger import Logger
 
 from llmgate.answer import StreamAnswer, answer_from_body
 from llmgate.config import ConfigError, Section
-from llmgate.exchange import Exchange
+from llmgate.exchange import UNPARSED, Exchange
 from llmgate.middleware import Middleware, MiddlewareContext
 from llmgate.redact import REDACTED, Scrubber, redact_headers
 
 SUFFIX = ".json"
 
 _STOP = object()
+
+#: A value no other stage has computed yet.
+_UNKNOWN = UNPARSED
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def build(config: Mapping[str, Any], context: MiddlewareContext) -> "TraceMiddleware":
@@ -202,6 +207,9 @@ class TraceMiddleware(Middleware):
             "session_id": exchange.session_id,
             "model": exchange.model,
             "usage": exchange.usage,
+            # Parsed already by another stage, or left for the writer thread.
+            "document": response.parsed_document() if response else _UNKNOWN,
+            "answer": exchange.built_answer(),
             "duration": exchange.duration,
             "ttfb": exchange.ttfb,
             "error": exchange.error,
@@ -260,10 +268,16 @@ class TraceMiddleware(Middleware):
         micros = int((snap["wall_time"] % 1) * 1_000_000)
         name = f"{stamp}.{micros:06d}Z-{snap['id']}{SUFFIX}"
         path = os.path.join(self.directory, name)
-        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=self.directory)
+        # The exchange id makes the temporary name unique; O_EXCL makes sure.
+        temporary = os.path.join(self.directory, f".tmp-{snap['id']}{SUFFIX}")
+        handle = os.open(temporary, _CREATE, 0o644)
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(text)
+            try:
+                data = text.encode("utf-8")
+                while data:
+                    data = data[os.write(handle, data) :]
+            finally:
+                os.close(handle)
             os.replace(temporary, path)
         except BaseException:
             try:
@@ -301,10 +315,16 @@ class TraceMiddleware(Middleware):
                         assembler.feed(event)
                     response["message"] = assembler.result()
                 else:
-                    response.update(
-                        self._body("body", snap["response_body"], snap["body_size"])
+                    body = self._body(
+                        "body", snap["response_body"], snap["body_size"], snap["document"]
                     )
-                    response["message"] = answer_from_body(provider, snap["response_body"])
+                    response.update(body)
+                    if snap["answer"] is not _UNKNOWN:
+                        response["message"] = snap["answer"]
+                    elif "body_truncated" not in body:
+                        response["message"] = answer_from_body(provider, body["body"])
+                    else:
+                        response["message"] = None
         document: dict[str, Any] = {
             "id": snap["id"],
             "timestamp": time.strftime(
@@ -324,7 +344,7 @@ class TraceMiddleware(Middleware):
             document["error"] = {"kind": snap["error_kind"], "message": snap["error"]}
         return document
 
-    def _body(self, key: str, body: bytes, size: int) -> dict[str, Any]:
+    def _body(self, key: str, body: bytes, size: int, parsed: Any = None) -> dict[str, Any]:
         """
         A body as JSON where it is JSON, as text otherwise; cut at
         ``max_body_size`` with a marker saying how much there was.
@@ -336,6 +356,8 @@ class TraceMiddleware(Middleware):
                 key: text,
                 f"{key}_truncated": {"size": max(size, len(body)), "kept": min(limit, len(body))},
             }
+        if parsed is not _UNKNOWN and parsed is not None:
+            return {key: parsed}
         try:
             return {key: json.loads(body)} if body else {key: None}
         except (ValueError, RecursionError):
