@@ -98,6 +98,8 @@ class Relay(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         self._cancelIdle()
         self._unregister()
+        # The upstream side is gone: let go of it, leaving no cycle behind.
+        self.transport = None
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):

@@ -151,6 +151,7 @@ class UpstreamResponse:
         for data in early:
             protocol.dataReceived(data)
         if self._ended is not None:
+            self._protocol = _DELIVERED
             protocol.connectionLost(self._ended)
 
     def complete_body(self) -> bytes | None:
@@ -175,8 +176,11 @@ class UpstreamResponse:
         if self._ended is not None:
             return
         self._ended = reason
-        if self._protocol is not None:
-            self._protocol.connectionLost(reason)
+        protocol = self._protocol
+        if protocol is not None:
+            # Drop the protocol (it holds our transport): no cycle to collect.
+            self._protocol = _DELIVERED
+            protocol.connectionLost(reason)
 
 
 #: Stands for the body's protocol once the body was taken whole.
@@ -198,6 +202,7 @@ class UpstreamConnection(Protocol):
         self._state = _IDLE
         self._buffer = b""
         self._result: Deferred[IResponse] | None = None
+        self._answered: tuple[Deferred[IResponse], UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
         self._method = b""
         self._remaining = 0
@@ -207,6 +212,15 @@ class UpstreamConnection(Protocol):
         self.reused = False
         self.sent_at = 0.0
         self.idle_since = 0.0
+
+    def connectionMade(self) -> None:
+        # A request is one write: nothing gains from Nagle's delay.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
 
     # -- the pool's side ------------------------------------------------------
 
@@ -241,6 +255,12 @@ class UpstreamConnection(Protocol):
             self._parse(data)
         except UpstreamProtocolError:
             self._fail(Failure())
+        finally:
+            # The head is announced after the bytes that came with it are
+            # read: a small answer is then already complete.
+            answered, self._answered = self._answered, None
+            if answered is not None:
+                answered[0].callback(answered[1])
 
     def _parse(self, data: bytes) -> None:
         while data:
@@ -422,10 +442,10 @@ class UpstreamConnection(Protocol):
             self, (b"HTTP", 1, minor), code, phrase, headers, length
         )
         result, self._result = self._result, None
+        if result is not None:
+            self._answered = (result, response)
         if state == _DONE:
             self._body_done(clean)
-        if result is not None:
-            result.callback(response)
 
     # -- the end of an answer ---------------------------------------------------
 

@@ -171,6 +171,11 @@ class FramingTests(UpstreamTestCase):
         response.deliverBody(Body())
         self.assertIsNone(response.complete_body(), "already being delivered")
 
+    def test_a_head_and_body_in_one_read_arrive_complete(self) -> None:
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(self.response(d).complete_body(), b"ok")
+
     def test_chunked_body_fed_one_byte_at_a_time(self) -> None:
         d = self.send()
         wire = (
