@@ -12,9 +12,12 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Request, Site, version as server_version
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request, Site
+from twisted.web.server import version as server_version
 
 from llmgate.providers import Provider
+from llmgate.sendnow import send_now
 
 
 class GatewayRequest(Request):
@@ -58,7 +61,22 @@ class GatewayRequest(Request):
             # twisted.web names itself and its version in every answer; an
             # upstream's own Server header is relayed as it came.
             self.responseHeaders.removeHeader(b"server")
-        super().write(data)
+        channel = self.channel
+        if not isinstance(channel, GatewayChannel) or channel.gathered is not None:
+            super().write(data)
+            return
+        # What this write puts out (the head with the first body bytes, or
+        # one chunk of a stream) leaves in one send, now.
+        channel.gathered = gathered = []
+        try:
+            super().write(data)
+        finally:
+            channel.gathered = None
+        if gathered and channel.transport is not None:
+            if channel.site.send_at_once:
+                send_now(channel.transport, b"".join(gathered))
+            else:
+                channel.transport.write(b"".join(gathered))
 
     def _refuse_body(self) -> None:
         """
@@ -97,6 +115,32 @@ class GatewayChannel(HTTPChannel):
     _deadline: IDelayedCall | None = None
     _host: Any = None
     _peer: Any = None
+    #: While a request writes: what it wrote, sent by the request at its end.
+    gathered: list[bytes] | None = None
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self.gathered is None or not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        # As twisted.web writes them; Headers has sanitised every value.
+        out = self.gathered
+        out += (version, b" ", code, b" ", reason, b"\r\n")
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                out += (name, b": ", value, b"\r\n")
+        out.append(b"\r\n")
+
+    def write(self, data: bytes) -> None:
+        if self.gathered is None:
+            super().write(data)
+        else:
+            self.gathered.append(data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        if self.gathered is None:
+            super().writeSequence(iovec)
+        else:
+            self.gathered.extend(iovec)
 
     def getHost(self) -> Any:
         # Asked by every request; one getsockname() per connection is enough.
@@ -192,8 +236,16 @@ class GatewaySite(Site):
         max_header_bytes: int = 32768,
         clock: Any = None,
         idle_timeout: float = 120.0,
+        send_at_once: bool = True,
         **kwargs: Any,
     ) -> None:
+        """
+        :param send_at_once: write answers to the socket at once rather than
+            on the loop's next turn.  False when the end of a call writes to
+            a shared store (Redis sessions): then the store's write leaves in
+            the same turn as the answer, so a client whose next call reaches
+            another worker finds its session there.
+        """
         # No form parsing: every POST here is JSON, and Twisted's check of the
         # content type through the email package halves a small call's speed.
         kwargs.setdefault("parsePOSTFormSubmission", False)
@@ -206,6 +258,7 @@ class GatewaySite(Site):
         self.request_timeout = request_timeout
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        self.send_at_once = send_at_once
         self.refused: Counter[str] = Counter()
 
     @property

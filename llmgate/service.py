@@ -129,6 +129,7 @@ class GatewayParts:
             max_headers=config.server.max_headers,
             max_header_bytes=config.server.max_header_bytes,
             clock=reactor,
+            send_at_once=not (config.session.enabled and config.session.store.type == "redis"),
         )
 
     def config_view(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from twisted.web.iweb import (
 from zope.interface import implementer
 
 from llmgate.config import GatewayConfig
+from llmgate.sendnow import send_now
 
 #: A reused connection that fails this soon after a request was written to it
 #: was closed by the upstream while idle: the request never reached it.
@@ -234,7 +235,8 @@ class UpstreamConnection(Protocol):
         self._response = None
         self.sent_at = self._pool.clock.seconds()
         self._result = Deferred(self._cancel)
-        self.transport.writeSequence(data)  # type: ignore[union-attr]
+        for part in data:
+            send_now(self.transport, part)
         return self._result
 
     def _cancel(self, result: Deferred[IResponse]) -> None:

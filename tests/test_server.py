@@ -94,3 +94,39 @@ class BodyLimitTests(SynchronousTestCase):
             globalLogPublisher.removeObserver(logged.append)
         self.assertEqual(self.resource.bodies, [b"hi"])
         self.assertEqual([e for e in logged if "POST /x" in repr(e)], [])
+
+
+class CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def writeSequence(self, seq) -> None:  # type: ignore[no-untyped-def]
+        self.writes.append(b"".join(seq))
+        super().writeSequence(seq)
+
+
+class GatheredWriteTests(SynchronousTestCase):
+    def answer(self, send_at_once: bool) -> CountingTransport:
+        site = GatewaySite(
+            Recorder(), provider=OPENAI, max_request_body=100, send_at_once=send_at_once
+        )
+        site.doStart()
+        self.addCleanup(site.doStop)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = CountingTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        return transport
+
+    def test_head_and_body_of_one_write_leave_in_one_piece(self) -> None:
+        for send_at_once in (True, False):
+            transport = self.answer(send_at_once)
+            first = transport.writes[0]
+            self.assertTrue(first.startswith(b"HTTP/1.1 200 OK\r\n"), first)
+            self.assertTrue(first.endswith(b"\r\n\r\nok"), first)
+            self.assertEqual(transport.value(), b"".join(transport.writes))

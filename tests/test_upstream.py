@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -469,3 +473,4 @@ class StaleRetryTests(UpstreamTestCase):
         lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionDone())
         body.reason.trap(ResponseFailed)
         self.assertEqual(len(self.endpoint.transports), 1)
+

@@ -1,0 +1,44 @@
+"""
+Writing to a TCP connection at once instead of on the next turn of the loop.
+
+Twisted queues every write until the reactor next finds the socket
+writable, switching the socket's write interest on and off around it (two
+``epoll_ctl`` calls and one more ``epoll_wait`` per write).  For a gateway
+whose writes are a whole request, a response head with its body, or one
+event of a stream, that bookkeeping cost more CPU than the write itself and
+a turn of the loop in latency.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+
+#: Transports whose writes :func:`send_now` may start itself: plain TCP.
+_PLAIN_TCP = (tcp.Client, tcp.Server)
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    ``transport.write(data)``, but sent at once when nothing is waiting in
+    the transport's buffer.  Anything not plain TCP (TLS, tests' string
+    transports), or with bytes still queued, takes Twisted's own path; so
+    does whatever the socket did not take (flow control then works as
+    always: a full buffer pauses the producer) and any error, which Twisted's
+    write then finds and reports as usual.
+    """
+    if (
+        type(transport) in _PLAIN_TCP
+        and transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "_writeDisconnected", True)
+        and not getattr(transport, "_tempDataLen", 1)
+        and not transport.dataBuffer
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent > 0:
+            if sent >= len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
