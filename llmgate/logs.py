@@ -21,7 +21,6 @@ from string import Formatter
 from typing import IO, Any, Callable
 
 from twisted.logger import (
-    FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
@@ -202,6 +201,40 @@ class LogWriter:
                 pass
 
 
+@implementer(ILogObserver)
+class LevelFilter:
+    """
+    Pass on events at or above a level, the level found once per namespace
+    (Twisted's ``LogLevelFilterPredicate`` walks the namespace's parts for
+    every event).  Events without a level or namespace are dropped, as
+    there.
+    """
+
+    def __init__(
+        self, observer: ILogObserver, level: LogLevel, quiet: dict[str, LogLevel]
+    ) -> None:
+        self._observer = observer
+        self._predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+        for namespace, minimum in quiet.items():
+            self._predicate.setLogLevelForNamespace(namespace, minimum)
+        self._levels: dict[str, LogLevel] = {}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        namespace = event.get("log_namespace")
+        if level is None or namespace is None:
+            return
+        minimum = self._levels.get(namespace)
+        if minimum is None:
+            if len(self._levels) > 1000:
+                self._levels.clear()
+            minimum = self._levels[namespace] = self._predicate.logLevelForNamespace(
+                namespace
+            )
+        if level >= minimum:
+            self._observer(event)
+
+
 def make_observer(config: LoggingConfig, stream: IO[str] | None = None) -> ILogObserver:
     """
     An observer writing to ``logging.file`` (or ``stream``, or stdout) in the
@@ -213,10 +246,11 @@ def make_observer(config: LoggingConfig, stream: IO[str] | None = None) -> ILogO
         else:
             stream = sys.stdout
     writer = LogWriter(stream, _json_line if config.format == "json" else ClassicText())
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level_named(config.level))
-    for namespace in _QUIET_NAMESPACES:
-        predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
-    observer = FilteringLogObserver(writer, [predicate])
+    observer = LevelFilter(
+        writer,
+        level_named(config.level),
+        {namespace: LogLevel.warn for namespace in _QUIET_NAMESPACES},
+    )
     observer.flush = writer.flush  # type: ignore[attr-defined]
     return observer
 

@@ -62,6 +62,9 @@ class PrinterMiddleware(Middleware):
         self.max_body_chars = max_body_chars
         self.scrub = scrubber or Scrubber()
         self.lines = 0
+        # One logger for the middleware's life: ``self.log`` makes a new one
+        # on every access.
+        self._log = Logger(namespace=self.log.namespace, source=self)
 
     def request_received(self, exchange: Exchange) -> None:
         if not self.log_requests:
@@ -77,14 +80,14 @@ class PrinterMiddleware(Middleware):
             body_bytes=len(request.body),
         )
         if self.log_body:
-            self.log.info(
+            self._log.info(
                 "-> {method} {path} model={model} stream={stream} session={session_id} "
                 "id={exchange_id} body={body}",
                 body=_preview(request.body, self.max_body_chars, self.scrub),
                 **fields,
             )
         else:
-            self.log.info(
+            self._log.info(
                 "-> {method} {path} model={model} stream={stream} session={session_id} "
                 "id={exchange_id}",
                 **fields,
@@ -131,9 +134,9 @@ class PrinterMiddleware(Middleware):
         fields.update(shown)
         text = text.replace("}", "_shown}")
         if exchange.error is not None:
-            self.log.warn(text, **fields)
+            self._log.warn(text, **fields)
         else:
-            self.log.info(text, **fields)
+            self._log.info(text, **fields)
         self.lines += 1
 
     def state(self) -> Mapping[str, Any]:
