@@ -408,7 +408,6 @@ class _BigStream:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        from twisted.internet import reactor
 
         batch = self.EVENT * 64
         while not self.paused and not self.stopped and self.left > 0:

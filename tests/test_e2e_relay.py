@@ -15,7 +15,6 @@ from io import BytesIO
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor

@@ -12,11 +12,10 @@ from typing import Any
 
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseNeverReceived
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 

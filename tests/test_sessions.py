@@ -12,7 +12,6 @@ from collections import OrderedDict
 from itertools import count
 from typing import Any, Iterator
 
-import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
