@@ -32,6 +32,7 @@ def send_now(transport: Any, data: bytes) -> None:
         type(transport) in _PLAIN_TCP
         and transport.connected
         and not transport.disconnecting
+        and not getattr(transport, "_aborting", True)
         and not getattr(transport, "_writeDisconnected", True)
         and not getattr(transport, "_tempDataLen", 1)
         and not transport.dataBuffer

@@ -18,6 +18,7 @@ pause and resume for flow control.  Errors are Twisted's own
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +70,11 @@ MAX_HEAD = 65536
 MAX_CHUNK_LINE = 1024
 
 _STALE = (neterror.ConnectionDone, neterror.ConnectionLost)
+
+#: What a status code and a chunk size may look like, and nothing else
+#: (``int`` would also take signs, underscores and spaces).
+_STATUS_CODE = re.compile(rb"[1-5][0-9][0-9]")
+_CHUNK_SIZE_FIELD = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 #: How every complete body ends; one instance, since a Failure is costly to
 #: build and this one carries no traceback.
@@ -211,6 +217,9 @@ class UpstreamConnection(Protocol):
         self._paused = False
         self._lost = False
         self.reused = False
+        #: Whether any byte of an answer came since the last request was sent:
+        #: then the upstream had it, and it is never sent again.
+        self.answering = False
         self.sent_at = 0.0
         self.idle_since = 0.0
 
@@ -233,6 +242,7 @@ class UpstreamConnection(Protocol):
         self._method = method
         self._keep_alive = True
         self._response = None
+        self.answering = False
         self.sent_at = self._pool.clock.seconds()
         self._result = Deferred(self._cancel)
         for part in data:
@@ -250,6 +260,7 @@ class UpstreamConnection(Protocol):
     # -- bytes from the upstream ----------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.answering = True
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
@@ -310,12 +321,9 @@ class UpstreamConnection(Protocol):
                     return
                 size_field = data[:end].split(b";", 1)[0].strip()
                 data = data[end + 2 :]
-                try:
-                    if not size_field or size_field.startswith((b"-", b"+", b"0x", b"0X")):
-                        raise ValueError(size_field)
-                    size = int(size_field, 16)
-                except ValueError:
-                    raise UpstreamProtocolError(f"bad chunk size {size_field!r}") from None
+                if not _CHUNK_SIZE_FIELD.fullmatch(size_field):
+                    raise UpstreamProtocolError(f"bad chunk size {size_field[:40]!r}")
+                size = int(size_field, 16)
                 if size == 0:
                     self._state = _TRAILERS
                 else:
@@ -332,10 +340,12 @@ class UpstreamConnection(Protocol):
                 if not line:
                     self._body_done(clean=not data)
             elif state == _HEAD:
+                # The earlier of CRLF CRLF and a bare-LF blank line (which
+                # HTTP/1.1 tolerates): the other may be inside the body.
                 end, size = data.find(b"\r\n\r\n"), 4
-                if end < 0:
-                    # Bare LF line ends, which HTTP/1.1 tolerates.
-                    end, size = data.find(b"\n\n"), 2
+                bare = data.find(b"\n\n", 0, end if end >= 0 else len(data))
+                if bare >= 0:
+                    end, size = bare, 2
                 if end < 0:
                     if len(data) > MAX_HEAD:
                         raise UpstreamProtocolError("response head too long")
@@ -358,14 +368,14 @@ class UpstreamConnection(Protocol):
     def _head(self, head: bytes, clean: bool) -> None:
         lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
         status = lines[0].split(b" ", 2)
-        try:
-            version_text, code_text = status[0], status[1]
-            if not version_text.startswith(b"HTTP/1.") or len(code_text) != 3:
-                raise ValueError
-            minor = int(version_text[7:])
-            code = int(code_text)
-        except (IndexError, ValueError):
-            raise UpstreamProtocolError(f"bad status line {lines[0][:80]!r}") from None
+        if (
+            len(status) < 2
+            or status[0] not in (b"HTTP/1.0", b"HTTP/1.1")
+            or not _STATUS_CODE.fullmatch(status[1])
+        ):
+            raise UpstreamProtocolError(f"bad status line {lines[0][:80]!r}")
+        minor = 0 if status[0] == b"HTTP/1.0" else 1
+        code = int(status[1])
         phrase = status[2] if len(status) > 2 else b""
         headers = Headers()
         raw = headers._rawHeaders
@@ -373,7 +383,7 @@ class UpstreamConnection(Protocol):
         length_values: list[bytes] = []
         chunked = False
         transfer_encoded = False
-        close = minor == 0
+        said_close = said_keep_alive = False
         previous: list[bytes] | None = None
         for line in lines[1:]:
             if line[:1] in (b" ", b"\t"):
@@ -395,11 +405,9 @@ class UpstreamConnection(Protocol):
                 transfer_encoded = True
                 chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             elif lower == b"connection":
-                tokens = value.lower()
-                if b"close" in tokens:
-                    close = True
-                elif minor == 0 and b"keep-alive" in tokens:
-                    close = False
+                tokens = {token.strip() for token in value.lower().split(b",")}
+                said_close = said_close or b"close" in tokens
+                said_keep_alive = said_keep_alive or b"keep-alive" in tokens
             try:
                 key = encode(name)
             except ValueError:
@@ -414,6 +422,8 @@ class UpstreamConnection(Protocol):
                 raise UpstreamProtocolError("upstream switched protocols")
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
             return
+        # HTTP/1.0 closes unless it asks to keep alive; a close is never undone.
+        close = said_close or (minor == 0 and not said_keep_alive)
         length: int | object = UNKNOWN_LENGTH
         if self._method == b"HEAD" or code in (204, 304):
             length = 0
@@ -476,9 +486,25 @@ class UpstreamConnection(Protocol):
         self._keep_alive = False
         state = self._state
         self._state = _DONE
+        self._pool._forget(self)
         if not self._lost:
             self.transport.abortConnection()  # type: ignore[union-attr]
         self._lost_with(state, reason)
+
+    def usable(self) -> bool:
+        """
+        Whether a new request may be written here: idle, kept alive, and the
+        transport neither closing nor aborted.
+        """
+        transport = self.transport
+        return (
+            self._state == _IDLE
+            and self._keep_alive
+            and not self._lost
+            and transport is not None
+            and not getattr(transport, "disconnecting", False)
+            and not getattr(transport, "_aborting", False)
+        )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         self._lost = True
@@ -575,6 +601,8 @@ class UpstreamPool:
         self._closing: list[Deferred[None]] = []
         self._connects: set[Deferred[Any]] = set()
         self._sweeper: IDelayedCall | None = None
+        self._dying: set[UpstreamConnection] = set()
+        self._closed = False
         self.connections_made = 0
 
     # -- sending ----------------------------------------------------------------
@@ -590,7 +618,7 @@ class UpstreamPool:
         idle = self._idle
         while idle:
             connection = idle.popleft()
-            if not connection._lost:
+            if connection.usable():
                 self._active.add(connection)
                 return connection
         return None
@@ -617,7 +645,7 @@ class UpstreamPool:
 
     def _release(self, connection: UpstreamConnection) -> None:
         self._active.discard(connection)
-        if self._closing or len(self._idle) >= self.max_idle:
+        if self._closed or len(self._idle) >= self.max_idle:
             connection.transport.loseConnection()  # type: ignore[union-attr]
             return
         connection.idle_since = self.clock.seconds()
@@ -639,37 +667,44 @@ class UpstreamPool:
             wait = idle[-1].idle_since - limit
             self._sweeper = self.clock.callLater(wait, self._sweep)
 
-    def _lost(self, connection: UpstreamConnection) -> None:
-        self._active.discard(connection)
+    def _forget(self, connection: UpstreamConnection) -> None:
+        """
+        Never hand ``connection`` out again.
+        """
         try:
             self._idle.remove(connection)
         except ValueError:
             pass
-        if self._closing and not self._idle and not self._active:
+
+    def _lost(self, connection: UpstreamConnection) -> None:
+        self._active.discard(connection)
+        self._forget(connection)
+        self._dying.discard(connection)
+        if self._closing and not self._dying:
             closing, self._closing = self._closing, []
             for waiting in closing:
                 waiting.callback(None)
 
     def closeCachedConnections(self) -> Deferred[None]:
         """
-        Close every kept connection, and stop keeping connections; fires when
-        they are closed.  Connections still carrying an answer are left to
-        finish and close then.
+        Close every kept connection, and keep none from now on (this is for
+        shutdown); fires when they are closed.  Connections still carrying
+        an answer finish it and close then.
         """
+        self._closed = True
         for connecting in list(self._connects):
             connecting.cancel()
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None and sweeper.active():
             sweeper.cancel()
-        idle = list(self._idle)
-        if not idle:
+        idle, self._idle = list(self._idle), deque()
+        self._dying.update(idle)
+        for connection in idle:
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+        if not self._dying:
             return succeed(None)
         done: Deferred[None] = Deferred()
         self._closing.append(done)
-        for connection in idle:
-            connection.transport.loseConnection()  # type: ignore[union-attr]
-        if not self._idle and not self._active and not done.called:
-            done.callback(None)
         return done
 
     @property
@@ -725,8 +760,13 @@ class _Attempts:
     def _stale(self, reason: Failure, connection: UpstreamConnection) -> bool:
         if not reason.check(ResponseNeverReceived):
             return False
+        if connection.answering:
+            # A byte of an answer came: the upstream had the request.
+            return False
         reasons = reason.value.reasons
-        if not reasons or not all(r.check(*_STALE) for r in reasons):
+        if not reasons or not all(
+            r.check(*_STALE) and not r.check(neterror.ConnectionAborted) for r in reasons
+        ):
             return False
         quick = self._pool.clock.seconds() - connection.sent_at <= STALE_WINDOW
         return self._method in IDEMPOTENT or quick

@@ -474,3 +474,83 @@ class StaleRetryTests(UpstreamTestCase):
         body.reason.trap(ResponseFailed)
         self.assertEqual(len(self.endpoint.transports), 1)
 
+
+
+class ReviewRegressionTests(UpstreamTestCase):
+    """
+    Defects found in review, each with the input that showed it.
+    """
+
+    def kept_connection(self) -> None:
+        self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def test_a_post_is_not_sent_again_once_an_answer_began(self) -> None:
+        for partial in (b"HTTP/1.1 500 Internal Ser", b"HTTP/1.1 100 Continue\r\n\r\n"):
+            self.endpoint.transports.clear()
+            self.endpoint.protocols.clear()
+            self.kept_connection()
+            d = self.send(body=b'{"charge":1}')
+            self.answer(partial)
+            lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionDone())
+            self.failureResultOf(d, ResponseNeverReceived)
+            self.assertEqual(len(self.endpoint.transports), 1, partial)
+
+    def test_an_idle_connection_dropped_for_stray_bytes_is_not_handed_out(self) -> None:
+        self.kept_connection()
+        self.answer(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(self.endpoint.transports[0].disconnecting)
+        self.send(body=b'{"n":2}')
+        self.assertEqual(len(self.endpoint.transports), 2)
+        self.assertNotIn(b'{"n":2}', self.endpoint.transports[0].value())
+
+    def test_after_close_cached_connections_nothing_is_reused_or_kept(self) -> None:
+        d = self.send()
+        self.pool.closeCachedConnections()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.response(d)
+        self.assertEqual(self.pool.idle_connections, 0)
+        self.assertTrue(self.endpoint.transports[0].disconnecting)
+        self.send()
+        self.assertEqual(len(self.endpoint.transports), 2)
+
+    def test_a_connection_being_closed_is_not_written_to(self) -> None:
+        self.kept_connection()
+        closing = self.pool.closeCachedConnections()
+        self.send(body=b'{"n":3}')
+        self.assertNotIn(b'{"n":3}', self.endpoint.transports[0].value())
+        lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionDone())
+        self.successResultOf(closing)
+
+    def test_numbers_are_digits_only(self) -> None:
+        for head in (b"HTTP/1.1 +99 OK\r\n\r\n", b"HTTP/1.1 2_0 OK\r\n\r\n", b"HTTP/1.11 200 OK\r\n\r\n"):
+            d = self.send()
+            self.answer(head)
+            self.failureResultOf(d, ResponseNeverReceived)
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = Body()
+        self.response(d).deliverBody(body)
+        self.answer(b"1_0\r\n")
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+
+    def test_a_close_is_never_undone(self) -> None:
+        d = self.send()
+        self.answer(
+            b"HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        self.response(d)
+        self.assertEqual(self.pool.idle_connections, 0)
+        self.assertTrue(self.endpoint.transports[0].disconnecting)
+
+    def test_http10_keep_alive_is_kept(self) -> None:
+        d = self.send()
+        self.answer(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+        self.response(d)
+        self.assertEqual(self.pool.idle_connections, 1)
+
+    def test_a_bare_lf_head_ends_at_its_own_blank_line(self) -> None:
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\nContent-Length: 8\n\nab\r\n\r\ncd")
+        self.assertEqual(self.response(d).complete_body(), b"ab\r\n\r\ncd")
