@@ -212,10 +212,9 @@ class _OpenAIStream:
         name = event.event
         if name != "message" and name not in _RESPONSES_EVENTS:
             return
-        data = event.data
-        if data == "[DONE]":
+        if event.data == "[DONE]":
             return
-        document = json.loads(data)
+        document = event.json()
         if not isinstance(document, dict):
             return
         choices = document.get("choices")
@@ -376,7 +375,7 @@ class _AnthropicStream:
         name = event.event
         if name in _ANTHROPIC_SKIP:
             return
-        document = json.loads(event.data)
+        document = event.json()
         if not isinstance(document, dict):
             return
         kind = document.get("type")

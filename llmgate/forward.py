@@ -34,9 +34,8 @@ from llmgate.pipeline import Pipeline
 from llmgate.providers import CREDENTIAL_HEADERS, Provider
 from llmgate.relay import ClientGone, Relay, StreamIdle
 from llmgate.streamusage import UsageChunkHider, request_usage
+from llmgate.upstream import BODY_METHODS
 
-#: Methods whose request carries a body (and so a Content-Length) even empty.
-BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
 @implementer(IBodyProducer)

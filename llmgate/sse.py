@@ -20,6 +20,9 @@ events arrive in one chunk, 2.5 in a chunk of its own (3.0 with CRLF), 3.5 to
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import attrs
 
 __all__ = ["DEFAULT_MAX_LINE_LENGTH", "SSEError", "SSEParser", "ServerSentEvent"]
@@ -29,6 +32,9 @@ __all__ = ["DEFAULT_MAX_LINE_LENGTH", "SSEError", "SSEParser", "ServerSentEvent"
 DEFAULT_MAX_LINE_LENGTH = 16 * 1024 * 1024
 
 _BOM = b"\xef\xbb\xbf"
+
+_UNPARSED = object()
+_NOT_JSON = object()
 
 
 class SSEError(ValueError):
@@ -57,6 +63,25 @@ class ServerSentEvent:
     data: str
     id: str | None = None
     retry: int | None = None
+    _json: Any = attrs.field(default=_UNPARSED, init=False, eq=False, repr=False)
+
+    def json(self) -> Any:
+        """
+        ``data`` parsed as JSON, once for every reader (usage, the answer's
+        reassembly, sessions, traces); readers must not change it.
+
+        :raises ValueError: when ``data`` is not JSON.
+        """
+        value = self._json
+        if value is _UNPARSED:
+            try:
+                value = json.loads(self.data)
+            except (ValueError, RecursionError):
+                value = _NOT_JSON
+            object.__setattr__(self, "_json", value)
+        if value is _NOT_JSON:
+            raise ValueError("event data is not JSON")
+        return value
 
 
 class SSEParser:

@@ -31,7 +31,6 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client
 from twisted.web.client import (
@@ -216,7 +215,6 @@ class UpstreamConnection(Protocol):
         self._keep_alive = True
         self._paused = False
         self._lost = False
-        self.reused = False
         #: Whether any byte of an answer came since the last request was sent:
         #: then the upstream had it, and it is never sent again.
         self.answering = False
@@ -581,8 +579,6 @@ class UpstreamPool:
     idempotent, or the connection failed within :data:`STALE_WINDOW` with
     no byte of an answer.
     """
-
-    log = Logger()
 
     def __init__(
         self,

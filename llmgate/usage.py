@@ -205,7 +205,7 @@ class StreamUsage:
         try:
             if event.event in _NO_USAGE_EVENTS or not _carries_usage(event.data):
                 return
-            self._parse(event.event, event.data)
+            self._parse(event)
         except Exception:
             pass
 
@@ -216,8 +216,9 @@ class StreamUsage:
         """
         return self._result
 
-    def _parse(self, name: str, data: str) -> None:
-        document = json.loads(data)
+    def _parse(self, event: ServerSentEvent) -> None:
+        name = event.event
+        document = event.json()
         if not isinstance(document, dict):
             return
         kind = document.get("type")

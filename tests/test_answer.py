@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from llmgate import answer as answer_module
+from llmgate import sse as sse_module
 from llmgate.answer import StreamAnswer, answer_from_body
 from llmgate.sse import SSEParser, ServerSentEvent
 from tests.fakeupstream import (
@@ -486,6 +487,8 @@ class StreamAnswerCostTests(SynchronousTestCase):
                 return real(data)
 
         self.patch(answer_module, "json", CountingJSON)
+        # Event data is parsed by the event itself, once for all readers.
+        self.patch(sse_module, "json", CountingJSON)
 
     def test_anthropic_ping_message_delta_and_message_stop_are_not_parsed(self) -> None:
         fed("anthropic", [event("ping", {}), event("message_delta", {"usage": {}}), event("message_stop", {})])

@@ -684,3 +684,27 @@ class PropertyTests(SynchronousTestCase):
         self.assertFalse(failed)
         state = (events, parser.last_event_id, parser.retry)
         self.assertEqual(state, reference(stream))
+
+
+class EventJSONTests(SynchronousTestCase):
+    def test_data_is_parsed_once_for_every_reader(self) -> None:
+        from llmgate import sse as sse_module
+
+        parsed: list[str] = []
+        real = sse_module.json.loads
+
+        class CountingJSON:
+            @staticmethod
+            def loads(data: str) -> object:
+                parsed.append(data)
+                return real(data)
+
+        self.patch(sse_module, "json", CountingJSON)
+        event = ServerSentEvent("message", '{"a": 1}')
+        self.assertIs(event.json(), event.json())
+        self.assertEqual(event.json(), {"a": 1})
+        broken = ServerSentEvent("message", "{")
+        self.assertRaises(ValueError, broken.json)
+        self.assertRaises(ValueError, broken.json)
+        self.assertEqual(parsed, ['{"a": 1}', "{"])
+        self.assertEqual(event, ServerSentEvent("message", '{"a": 1}'))

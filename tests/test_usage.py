@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from llmgate import usage as usage_module
+from llmgate import sse as sse_module
 from llmgate.sse import SSEParser, ServerSentEvent
 from llmgate.usage import StreamUsage, Usage, usage_from_body
 from tests.fakeupstream import (
@@ -307,6 +308,8 @@ class StreamUsageCostTests(SynchronousTestCase):
                 return real(data)
 
         self.patch(usage_module, "json", CountingJSON)
+        # Event data is parsed by the event itself, once for all readers.
+        self.patch(sse_module, "json", CountingJSON)
 
     def test_only_the_usage_chunk_of_an_openai_stream_is_parsed(self) -> None:
         events = events_of(openai_chunks("one two three four", "gpt-fake", True))

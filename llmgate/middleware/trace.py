@@ -27,6 +27,7 @@ from llmgate.config import ConfigError, Section
 from llmgate.exchange import UNPARSED, Exchange
 from llmgate.middleware import Middleware, MiddlewareContext
 from llmgate.redact import REDACTED, Scrubber, redact_headers
+from llmgate.sse import ServerSentEvent
 
 SUFFIX = ".json"
 
@@ -35,9 +36,6 @@ _STOP = object()
 #: How long the writer thread waits after the first queued trace, so that it
 #: wakes once per batch rather than once per exchange.
 GATHER_SECONDS = 0.02
-
-#: A value no other stage has computed yet.
-_UNKNOWN = UNPARSED
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -212,7 +210,7 @@ class TraceMiddleware(Middleware):
             "model": exchange.model,
             "usage": exchange.usage,
             # Parsed already by another stage, or left for the writer thread.
-            "document": response.parsed_document() if response else _UNKNOWN,
+            "document": response.parsed_document() if response else UNPARSED,
             "answer": exchange.built_answer(),
             "duration": exchange.duration,
             "ttfb": exchange.ttfb,
@@ -317,16 +315,21 @@ class TraceMiddleware(Middleware):
             if response is not None:
                 if snap["streaming"]:
                     response.update(self._events(snap))
-                    assembler = StreamAnswer(provider)
-                    for event in snap["events"]:
-                        assembler.feed(event)
-                    response["message"] = assembler.result()
+                    if isinstance(snap["answer"], dict):
+                        # Reassembled already (the session stage asks for it).
+                        response["message"] = snap["answer"]
+                    else:
+                        # A failed or cut stream: what came of the message.
+                        assembler = StreamAnswer(provider)
+                        for event in snap["events"]:
+                            assembler.feed(event)
+                        response["message"] = assembler.result()
                 else:
                     body = self._body(
                         "body", snap["response_body"], snap["body_size"], snap["document"]
                     )
                     response.update(body)
-                    if snap["answer"] is not _UNKNOWN:
+                    if snap["answer"] is not UNPARSED:
                         response["message"] = snap["answer"]
                     elif "body_truncated" not in body:
                         response["message"] = answer_from_body(provider, body["body"])
@@ -363,7 +366,7 @@ class TraceMiddleware(Middleware):
                 key: text,
                 f"{key}_truncated": {"size": max(size, len(body)), "kept": min(limit, len(body))},
             }
-        if parsed is not _UNKNOWN and parsed is not None:
+        if parsed is not UNPARSED and parsed is not None:
             return {key: parsed}
         try:
             return {key: json.loads(body)} if body else {key: None}
@@ -377,7 +380,7 @@ class TraceMiddleware(Middleware):
             room -= len(event.data)
             if room < 0:
                 break
-            kept.append({"event": event.event, "data": _maybe_json(event.data)})
+            kept.append({"event": event.event, "data": _maybe_json(event)})
         result: dict[str, Any] = {"events": kept}
         if len(kept) < snap["event_count"] or snap["truncated"]:
             result["events_truncated"] = {"count": snap["event_count"], "kept": len(kept)}
@@ -427,13 +430,13 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def _maybe_json(data: str) -> Any:
-    if data[:1] in ("{", "["):
+def _maybe_json(event: ServerSentEvent) -> Any:
+    if event.data[:1] in ("{", "["):
         try:
-            return json.loads(data)
+            return event.json()
         except ValueError:
             pass
-    return data
+    return event.data
 
 
 __all__ = ["TraceMiddleware", "build", "check_directory", "REDACTED"]

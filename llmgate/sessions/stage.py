@@ -6,7 +6,6 @@ new state when the answer is complete.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Mapping
 
@@ -119,7 +118,7 @@ def _response_id(exchange: Exchange) -> str | None:
         if '"resp_' not in event.data:
             continue
         try:
-            document = json.loads(event.data)
+            document = event.json()
         except ValueError:
             continue
         inner = document.get("response") if isinstance(document, dict) else None
