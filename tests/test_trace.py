@@ -157,6 +157,17 @@ class TraceDocumentTests(SynchronousTestCase):
             paths.append(self.trace._write(self.trace._snapshot(ex)))
         self.assertEqual(sorted(os.listdir(self.directory)), sorted(os.path.basename(p) for p in paths[2:]))
 
+    def test_max_age_removes_traces_older_than_it(self) -> None:
+        self.trace.max_age_seconds = 100
+        old, new = exchange(), exchange()
+        old.id, new.id = "01" * 16, "02" * 16
+        old_snap, new_snap = self.trace._snapshot(old), self.trace._snapshot(new)
+        old_snap["wall_time"] -= 1000
+        old_path = self.trace._write(old_snap)
+        self.assertTrue(os.path.exists(old_path))
+        new_path = self.trace._write(new_snap)
+        self.assertEqual(os.listdir(self.directory), [os.path.basename(new_path)])
+
     def test_a_full_queue_drops_and_counts_instead_of_growing(self) -> None:
         self.trace.pending = self.trace.max_queue
         self.trace.exchange_finished(exchange())
