@@ -96,6 +96,11 @@ class ISessionStore(Interface):
     a shared network store fits behind the same interface.
     """
 
+    shared = Attribute(
+        "Whether other processes read what this store writes (Redis): then an "
+        "answer must not overtake the store's write at the end of its call."
+    )
+
     def find(keys):
         """
         The first of ``keys`` (in order) that is known.

@@ -129,7 +129,7 @@ class GatewayParts:
             max_headers=config.server.max_headers,
             max_header_bytes=config.server.max_header_bytes,
             clock=reactor,
-            send_at_once=not (config.session.enabled and config.session.store.type == "redis"),
+            send_at_once=not (self.sessions and self.sessions.detector.store.shared),
         )
 
     def config_view(self) -> dict[str, Any]:

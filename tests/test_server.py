@@ -130,3 +130,19 @@ class GatheredWriteTests(SynchronousTestCase):
             self.assertTrue(first.startswith(b"HTTP/1.1 200 OK\r\n"), first)
             self.assertTrue(first.endswith(b"\r\n\r\nok"), first)
             self.assertEqual(transport.value(), b"".join(transport.writes))
+
+
+class SendAtOnceChoiceTests(SynchronousTestCase):
+    def test_answers_wait_for_the_turn_only_with_a_shared_session_store(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from llmgate.config import parse
+        from llmgate.service import GatewayParts
+
+        def send_at_once(document: dict) -> bool:
+            return GatewayParts(parse(document), MemoryReactorClock()).site.send_at_once
+
+        self.assertTrue(send_at_once({}))
+        self.assertTrue(send_at_once({"session": {"enabled": False}}))
+        redis = {"session": {"store": {"type": "redis", "url": "redis://127.0.0.1:1"}}}
+        self.assertFalse(send_at_once(redis))

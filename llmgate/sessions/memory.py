@@ -41,6 +41,9 @@ class MemorySessionStore:
     :param clock: time source (``IReactorTime``), injected for tests.
     """
 
+    #: One process's memory: nothing else reads it.
+    shared = False
+
     def __init__(self, clock: IReactorTime, max_sessions: int = 10_000, ttl: float = 3600.0) -> None:
         self.clock = clock
         self.max_sessions = max_sessions

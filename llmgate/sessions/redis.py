@@ -265,6 +265,9 @@ class RedisSessionStore:
 
     log = Logger()
 
+    #: Every worker reads what any worker writes.
+    shared = True
+
     def __init__(
         self,
         reactor: IReactorTime,
