@@ -115,24 +115,20 @@ class PrinterMiddleware(Middleware):
             error=exchange.error,
             events=response.event_count if response is not None else 0,
         )
-        text = (
-            "<- {status} {method} {path} {duration_ms}ms ttfb={ttfb_ms}ms "
-            "tokens={input_tokens}/{output_tokens} session={session_id} id={exchange_id}"
-        )
+        text = _RESPONSE_LINE
         if exchange.error is not None:
-            text += " error={error}"
+            text += _ERROR_PART
         if self.log_body and response is not None:
             if response.streaming:
                 body = "".join(event.data for event in response.events).encode("utf-8")
             else:
                 body = bytes(response.body)
-            text += " body={body}"
+            text += _BODY_PART
             fields["body"] = _preview(body, self.max_body_chars, self.scrub)
         # Fields keep their real values (None included) for JSON logs; the
         # text shows "-" where there is none.
         shown = {f"{k}_shown": ("-" if v is None else v) for k, v in fields.items()}
         fields.update(shown)
-        text = text.replace("}", "_shown}")
         if exchange.error is not None:
             self._log.warn(text, **fields)
         else:
@@ -146,6 +142,17 @@ class PrinterMiddleware(Middleware):
             "log_body": self.log_body,
             "lines_logged": self.lines,
         }
+
+
+#: The response line's format; each field shown through its ``*_shown``
+#: twin ("-" for None), the real value kept under its own name.
+_RESPONSE_LINE = (
+    "<- {status_shown} {method_shown} {path_shown} {duration_ms_shown}ms "
+    "ttfb={ttfb_ms_shown}ms tokens={input_tokens_shown}/{output_tokens_shown} "
+    "session={session_id_shown} id={exchange_id_shown}"
+)
+_ERROR_PART = " error={error_shown}"
+_BODY_PART = " body={body_shown}"
 
 
 def _ms(seconds: float | None) -> float | None:
