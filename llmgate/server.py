@@ -6,18 +6,31 @@ printer middleware logs calls, through ``twisted.logger``).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from io import BytesIO
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.web.http import HTTPChannel
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
-from twisted.web.server import version as server_version
 
 from llmgate.providers import Provider
 from llmgate.sendnow import send_now
+
+
+#: A request line taken whole: a token method, an origin-form or other
+#: printable ASCII target, HTTP/1.1 or 1.0.
+_REQUEST_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) (HTTP/1\.[01])"
+)
+
+#: Header lines taken whole: a token name, a colon, a value without NUL,
+#: CR or LF; each line ends in CRLF.
+_HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*")
 
 
 class GatewayRequest(Request):
@@ -50,17 +63,25 @@ class GatewayRequest(Request):
         self.content.write(data)
 
     def process(self) -> None:
+        """
+        twisted.web's ``Request.process`` less two things: no ``Server``
+        header naming twisted.web and its version (an upstream's own Server
+        header is relayed as it came), and a ``Date`` formatted once a
+        second, not for every answer.  The target ``*`` is not special: the
+        gateway refuses it as it refuses any target that is not a path.
+        """
         if self._too_large:
             return
-        super().process()
+        self.site = site = self.channel.site
+        self.responseHeaders.setRawHeaders(b"date", [site.http_date()])
+        self.prepath = []
+        self.postpath = [unquote_to_bytes(part) for part in self.path[1:].split(b"/")]
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def write(self, data: bytes) -> None:
-        if not self.startedWriting and self.responseHeaders.getRawHeaders(b"server") == [
-            server_version
-        ]:
-            # twisted.web names itself and its version in every answer; an
-            # upstream's own Server header is relayed as it came.
-            self.responseHeaders.removeHeader(b"server")
         channel = self.channel
         if not isinstance(channel, GatewayChannel) or channel.gathered is not None:
             super().write(data)
@@ -154,10 +175,87 @@ class GatewayChannel(HTTPChannel):
         return self._peer
 
     def dataReceived(self, data: bytes) -> None:
+        if (
+            self.line_mode
+            and not self._buffer
+            and not self._handlingRequest
+            and self._deadline is None
+            and self._whole_request(data)
+        ):
+            return
         if self._deadline is None and not self._handlingRequest:
             site: GatewaySite = self.site
             self._deadline = site.clock.callLater(site.request_timeout, self._too_slow)
         super().dataReceived(data)
+
+    def _whole_request(self, data: bytes) -> bool:
+        """
+        Take a request that arrived whole in ``data`` (its head and a body of
+        exactly its Content-Length) in one step, where twisted.web would
+        split it into lines and take each header through several calls.
+
+        Only a strict subset of what twisted.web accepts is taken here:
+        anything else (a partial or pipelined request, chunked bodies,
+        ``Expect``, folded or bare-LF lines, any limit reached, an unknown
+        parser state) returns False before anything is changed, and
+        twisted.web parses the same bytes, with its own errors.  What is
+        taken ends in twisted.web's own ``allHeadersReceived`` and
+        ``allContentReceived``, so the request is the one it would build.
+        """
+        if (
+            self.paused
+            or self._busyReceiving
+            or self._transferDecoder is not None
+            or not self.persistent
+            or getattr(self, "_HTTPChannel__first_line", None) != 1
+            or getattr(self, "_HTTPChannel__header", None) != b""
+        ):
+            return False
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end > self.totalHeadersSize or end > self.MAX_LENGTH:
+            return False
+        first = data.find(b"\r\n")
+        request_line = _REQUEST_LINE.fullmatch(data, 0, first)
+        if request_line is None or _HEADER_BLOCK.fullmatch(data, first + 2, end + 2) is None:
+            return False
+        lines = data[first + 2 : end].split(b"\r\n") if end > first else []
+        if len(lines) > self.maxHeaders:
+            return False
+        headers = []
+        length = 0
+        framed = False
+        for line in lines:
+            name, _, value = line.partition(b":")
+            value = value.strip(b" \t")
+            lowered = name.lower()
+            if lowered == b"content-length":
+                if framed or not value.isdigit():
+                    return False
+                framed = True
+                length = int(value)
+            elif lowered == b"transfer-encoding" or lowered == b"expect":
+                return False
+            headers.append((name, value))
+        body_start = end + 4
+        if len(data) - body_start != length:
+            return False
+
+        self.resetTimeout()
+        request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        add = request.requestHeaders.addRawHeader
+        for name, value in headers:
+            add(name, value)
+        self._command, self._path, self._version = request_line.groups()
+        self.length = length
+        self.allHeadersReceived()
+        if self.transport.disconnecting:
+            # Refused on its headers (a body over the limit).
+            return True
+        if length:
+            request.handleContentChunk(data[body_start:])
+        self.allContentReceived()
+        return True
 
     def allContentReceived(self) -> None:
         self._cancel_deadline()
@@ -260,6 +358,18 @@ class GatewaySite(Site):
         self.max_header_bytes = max_header_bytes
         self.send_at_once = send_at_once
         self.refused: Counter[str] = Counter()
+        self._date_second = -1
+        self._date = b""
+
+    def http_date(self) -> bytes:
+        """
+        The Date header's value for an answer given now.
+        """
+        now = int(self.clock.seconds())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = datetimeToString(now)
+        return self._date
 
     @property
     def refused_bodies(self) -> int:

@@ -146,3 +146,165 @@ class SendAtOnceChoiceTests(SynchronousTestCase):
         self.assertTrue(send_at_once({"session": {"enabled": False}}))
         redis = {"session": {"store": {"type": "redis", "url": "redis://127.0.0.1:1"}}}
         self.assertFalse(send_at_once(redis))
+
+
+class Echo(Resource):
+    """
+    Answers with what the request was parsed into, so two parses of the same
+    bytes can be compared by their answers.
+    """
+
+    isLeaf = True
+
+    def render(self, request) -> bytes:
+        return json.dumps(
+            {
+                "method": request.method.decode("latin-1"),
+                "uri": request.uri.decode("latin-1"),
+                "version": request.clientproto.decode("latin-1"),
+                "args": {k.decode("latin-1"): [v.decode("latin-1") for v in vs]
+                         for k, vs in request.args.items()},
+                "cookies": {k.decode("latin-1"): v.decode("latin-1")
+                            for k, v in request.received_cookies.items()},
+                "headers": [[n.decode("latin-1"), [v.decode("latin-1") for v in vs]]
+                            for n, vs in request.requestHeaders.getAllRawHeaders()],
+                "body": request.content.read().decode("latin-1"),
+            }
+        ).encode()
+
+
+#: Requests the whole-request path must parse as twisted.web does, or leave
+#: to twisted.web.
+REQUESTS = {
+    "plain GET": b"GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n",
+    "no headers": b"GET / HTTP/1.1\r\n\r\n",
+    "POST with body": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\": true}",
+    "empty body": b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    "odd spacing, case and repeats": b"GET /x?a=1&a=2&b= HTTP/1.1\r\nhost:a\r\n"
+    b"X-Thing: \t one \t\r\nx-thing:two\r\nX-EMPTY:\r\nContent-length: 0\r\n\r\n",
+    "obs-text value": b"GET /x HTTP/1.1\r\nX-Name: caf\xe9\r\n\r\n",
+    "cookies": b"GET /x HTTP/1.1\r\nCookie: a=1; b=2\r\n\r\n",
+    "HTTP/1.0": b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n",
+    "Connection: close": b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    "body over the limit": b"POST /x HTTP/1.1\r\nContent-Length: 101\r\n\r\n" + b"x" * 101,
+    "too many headers": b"GET /x HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",
+    "head too large": b"GET /x HTTP/1.1\r\nX-A: " + b"a" * 40000 + b"\r\n\r\n",
+    "space in a header name": b"GET /x HTTP/1.1\r\nX A: 1\r\n\r\n",
+    "space before the colon": b"GET /x HTTP/1.1\r\nX-A : 1\r\n\r\n",
+    "NUL in a value": b"GET /x HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+    "CR in a value": b"GET /x HTTP/1.1\r\nX-A: a\rb\r\n\r\n",
+    "bare LF line": b"GET /x HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n",
+    "folded line": b"GET /x HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n",
+    "no colon": b"GET /x HTTP/1.1\r\nX-A\r\n\r\n",
+    "bad method": b"G(T /x HTTP/1.1\r\n\r\n",
+    "HTTP/2.0": b"GET /x HTTP/2.0\r\n\r\n",
+    "two spaces": b"GET  /x HTTP/1.1\r\n\r\n",
+    "target *": b"OPTIONS * HTTP/1.1\r\n\r\n",
+    "non-digit length": b"POST /x HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+    "two lengths": b"POST /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+    "chunked": b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    "expect": b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    "pipelined": b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+    "body longer than declared": b"POST /x HTTP/1.1\r\nContent-Length: 1\r\n\r\nhi",
+    "empty line first": b"\r\nGET /x HTTP/1.1\r\n\r\n",
+}
+
+#: Of those, the ones taken whole, without twisted.web's line parser.
+TAKEN_WHOLE = {
+    "plain GET",
+    "no headers",
+    "POST with body",
+    "empty body",
+    "odd spacing, case and repeats",
+    "obs-text value",
+    "cookies",
+    "HTTP/1.0",
+    "Connection: close",
+    "body over the limit",
+    "target *",
+}
+
+
+class WholeRequestTests(SynchronousTestCase):
+    """
+    A request that arrives whole is parsed in one step
+    (``GatewayChannel._whole_request``); it must come out as twisted.web's
+    line parser makes it, and anything outside the one-step path's subset
+    must be left to that parser.
+    """
+
+    def exchange(self, data: bytes, whole: bool) -> tuple[bytes, int]:
+        """
+        Feed ``data`` whole or a byte at a time (which leaves every byte to
+        twisted.web's parser); return what was answered and how many lines
+        the line parser saw.
+        """
+        from twisted.internet.task import Clock
+
+        site = GatewaySite(Echo(), provider=OPENAI, max_request_body=100, clock=Clock())
+        site.doStart()
+        self.addCleanup(site.doStop)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        lines = []
+        line_received = protocol.lineReceived
+
+        def count(line: bytes) -> None:
+            lines.append(line)
+            line_received(line)
+
+        protocol.lineReceived = count
+        if whole:
+            protocol.dataReceived(data)
+        else:
+            for index in range(len(data)):
+                protocol.dataReceived(data[index : index + 1])
+        protocol.connectionLost(None)
+        return transport.value(), len(lines)
+
+    def test_answers_match_twisted_webs_parser(self) -> None:
+        for name, data in REQUESTS.items():
+            with self.subTest(name):
+                whole, _ = self.exchange(data, whole=True)
+                by_byte, _ = self.exchange(data, whole=False)
+                self.assertTrue(whole.startswith(b"HTTP/1."), whole)
+                self.assertEqual(whole, by_byte)
+
+    def test_only_the_subset_skips_the_line_parser(self) -> None:
+        for name, data in REQUESTS.items():
+            with self.subTest(name):
+                _, lines = self.exchange(data, whole=True)
+                if name in TAKEN_WHOLE:
+                    self.assertEqual(lines, 0)
+                else:
+                    self.assertGreater(lines, 0)
+
+    def test_headers_values_and_body_arrive_as_sent(self) -> None:
+        answer, _ = self.exchange(REQUESTS["odd spacing, case and repeats"], whole=True)
+        document = json.loads(answer.partition(b"\r\n\r\n")[2])
+        self.assertEqual(document["method"], "GET")
+        self.assertEqual(document["args"], {"a": ["1", "2"], "b": [""]})
+        headers = dict((name, values) for name, values in document["headers"])
+        self.assertEqual(headers["X-Thing"], ["one", "two"])
+        self.assertEqual(headers["X-Empty"], [""])
+        self.assertEqual(headers["Host"], ["a"])
+
+    def test_answers_carry_a_date_and_no_server_header(self) -> None:
+        answer, _ = self.exchange(REQUESTS["plain GET"], whole=True)
+        head = answer.partition(b"\r\n\r\n")[0].lower()
+        self.assertIn(b"\r\ndate: thu, 01 jan 1970 00:00:00 gmt", head)
+        self.assertNotIn(b"\r\nserver:", head)
+
+    def test_the_date_is_formatted_once_a_second(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        site = GatewaySite(Echo(), provider=OPENAI, max_request_body=100, clock=clock)
+        first = site.http_date()
+        self.assertIs(site.http_date(), first)
+        clock.advance(0.5)
+        self.assertIs(site.http_date(), first)
+        clock.advance(0.5)
+        self.assertEqual(site.http_date(), b"Thu, 01 Jan 1970 00:00:01 GMT")
