@@ -212,6 +212,11 @@ class UpstreamConnection(Protocol):
         self._response: UpstreamResponse | None = None
         self._method = b""
         self._remaining = 0
+        #: Body bytes parsed from the bytes at hand, given to the response
+        #: in one piece: a chunked upstream often sends an event as several
+        #: chunks in one packet, and each piece would be one write to the
+        #: client.
+        self._pieces: list[bytes] = []
         self._keep_alive = True
         self._paused = False
         self._lost = False
@@ -265,8 +270,11 @@ class UpstreamConnection(Protocol):
         try:
             self._parse(data)
         except UpstreamProtocolError:
-            self._fail(Failure())
+            failure = Failure()
+            self._deliver()
+            self._fail(failure)
         finally:
+            self._deliver()
             # The head is announced after the bytes that came with it are
             # read: a small answer is then already complete.
             answered, self._answered = self._answered, None
@@ -280,25 +288,25 @@ class UpstreamConnection(Protocol):
                 remaining = self._remaining
                 if len(data) < remaining:
                     self._remaining = remaining - len(data)
-                    self._response._data(data)  # type: ignore[union-attr]
+                    self._pieces.append(data)
                     return
                 body, data = data[:remaining], data[remaining:]
                 self._remaining = 0
                 if body:
-                    self._response._data(body)  # type: ignore[union-attr]
+                    self._pieces.append(body)
                 self._body_done(clean=not data)
             elif state == _UNTIL_CLOSE:
-                self._response._data(data)  # type: ignore[union-attr]
+                self._pieces.append(data)
                 return
             elif state == _CHUNK_DATA:
                 remaining = self._remaining
                 if len(data) <= remaining:
                     self._remaining = remaining - len(data)
-                    self._response._data(data)  # type: ignore[union-attr]
+                    self._pieces.append(data)
                     if self._remaining == 0:
                         self._state = _CHUNK_CRLF
                     return
-                self._response._data(data[:remaining])  # type: ignore[union-attr]
+                self._pieces.append(data[:remaining])
                 data = data[remaining:]
                 self._remaining = 0
                 self._state = _CHUNK_CRLF
@@ -362,6 +370,17 @@ class UpstreamConnection(Protocol):
                 raise UpstreamProtocolError("upstream sent bytes with no request")
             else:  # pragma: no cover
                 raise AssertionError(state)
+
+    def _deliver(self) -> None:
+        """
+        Give the body bytes parsed so far to the response, in one piece.
+        """
+        pieces = self._pieces
+        if pieces:
+            self._pieces = []
+            self._response._data(  # type: ignore[union-attr]
+                pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            )
 
     def _head(self, head: bytes, clean: bool) -> None:
         lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
@@ -464,6 +483,7 @@ class UpstreamConnection(Protocol):
         The answer's body ended; ``clean`` is false when more bytes followed
         it, which no request asked for.
         """
+        self._deliver()
         response = self._response
         self._state = _DONE
         if not clean:

@@ -198,6 +198,29 @@ class FramingTests(UpstreamTestCase):
         body.reason.trap(ResponseDone)
         self.assertEqual(self.pool.idle_connections, 1)
 
+    def test_chunks_that_arrive_together_are_delivered_as_one_piece(self) -> None:
+        # An SSE event sent as two chunks (the data line, then the blank line
+        # that ends it) in one packet must reach the client in one write.
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = Body()
+        self.response(d).deliverBody(body)
+        self.answer(b"8\r\ndata: 1\n\r\n1\r\n\n\r\n8\r\ndata: 2\n\r\n1\r\n\n\r\n")
+        self.assertEqual(body.chunks, [b"data: 1\n\ndata: 2\n\n"])
+        self.answer(b"8\r\ndata: 3\n\r\n1\r\n\n\r\n0\r\n\r\n")
+        self.assertEqual(body.chunks[1:], [b"data: 3\n\n"])
+        body.reason.trap(ResponseDone)
+
+    def test_body_bytes_before_a_framing_error_are_delivered_first(self) -> None:
+        d = self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = Body()
+        self.response(d).deliverBody(body)
+        self.answer(b"2\r\nok\r\n1\r\n!\r\nzz\r\n")
+        self.assertEqual(body.chunks, [b"ok!"])
+        lose(self.endpoint.protocols[-1], self.endpoint.transports[-1], ConnectionLost())
+        body.reason.trap(ResponseFailed)
+
     def test_a_body_until_close_ends_with_potential_data_loss(self) -> None:
         d = self.send()
         self.answer(b"HTTP/1.1 200 OK\r\n\r\npart one ")
