@@ -23,6 +23,7 @@ from llmgate import __version__
 from llmgate.auth import presented_token, token_allowed
 from llmgate.forward import Forwarder
 from llmgate.metrics import Metrics, wants_prometheus
+from llmgate.server import GatewayRequest
 
 #: The gateway's own endpoints; every other path is relayed upstream.
 OWN_PATHS = frozenset({b"/health", b"/config", b"/metrics"})
@@ -192,7 +193,10 @@ class GatewayRoot(Resource):
         result = self.gateway.proxy(request)
         if isinstance(result, bytes):
             return result
-        request.notifyFinish().addErrback(lambda _: result.cancel())
+        if isinstance(request, GatewayRequest):
+            request.when_client_gone(result.cancel)
+        else:
+            request.notifyFinish().addErrback(lambda _: result.cancel())
         result.addCallbacks(self._done, self._failed, (request,), None, (request,))
         return NOT_DONE_YET
 

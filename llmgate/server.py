@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from io import BytesIO
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IDelayedCall
@@ -45,6 +45,25 @@ class GatewayRequest(Request):
 
     _too_large = False
     _received = 0
+    _client_gone: Callable[[], object] | None = None
+
+    def when_client_gone(self, callback: Callable[[], object]) -> None:
+        """
+        Call ``callback`` if the client's connection is lost before this
+        request is finished: ``notifyFinish`` without a Deferred per request.
+        """
+        self._client_gone = callback
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        gone, self._client_gone = self._client_gone, None
+        if gone is not None:
+            gone()
+
+    def finish(self) -> None:
+        # The callback holds the call, which holds this request.
+        self._client_gone = None
+        super().finish()
 
     def gotLength(self, length: int | None) -> None:
         site: GatewaySite = self.channel.site
