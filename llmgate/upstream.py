@@ -207,8 +207,9 @@ class UpstreamConnection(Protocol):
         self._pool = pool
         self._state = _IDLE
         self._buffer = b""
-        self._result: Deferred[IResponse] | None = None
-        self._answered: tuple[Deferred[IResponse], UpstreamResponse] | None = None
+        #: Whoever waits for the head of the answer to the request in flight.
+        self._waiter: _Attempts | None = None
+        self._answered: tuple[_Attempts, UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
         self._method = b""
         self._remaining = 0
@@ -237,9 +238,10 @@ class UpstreamConnection(Protocol):
 
     # -- the pool's side ------------------------------------------------------
 
-    def send(self, method: bytes, data: list[bytes]) -> Deferred[IResponse]:
+    def send(self, method: bytes, data: list[bytes], waiter: _Attempts) -> None:
         """
-        Write one request (head and body) and return its response head.
+        Write one request (head and body); ``waiter`` hears of its answer's
+        head (``answered``) or of the connection failing first (``lost``).
         """
         self._state = _HEAD
         self._method = method
@@ -247,18 +249,21 @@ class UpstreamConnection(Protocol):
         self._response = None
         self.answering = False
         self.sent_at = self._pool.clock.seconds()
-        self._result = Deferred(self._cancel)
+        self._waiter = waiter
         for part in data:
             send_now(self.transport, part)
-        return self._result
 
-    def _cancel(self, result: Deferred[IResponse]) -> None:
-        # Before the head arrived: the connection holds a request in flight.
-        self._result = None
+    def abandon(self) -> None:
+        """
+        The request's sender gave up before the head arrived: the
+        connection holds a request in flight, and is dropped.
+        """
+        if self._waiter is None:
+            return
+        self._waiter = None
         self._keep_alive = False
         self._state = _DONE
         self.transport.abortConnection()  # type: ignore[union-attr]
-        result.errback(ResponseNeverReceived([Failure(CancelledError())]))
 
     # -- bytes from the upstream ----------------------------------------------
 
@@ -279,7 +284,7 @@ class UpstreamConnection(Protocol):
             # read: a small answer is then already complete.
             answered, self._answered = self._answered, None
             if answered is not None:
-                answered[0].callback(answered[1])
+                answered[0].answered(answered[1])
 
     def _parse(self, data: bytes) -> None:
         while data:
@@ -470,9 +475,9 @@ class UpstreamConnection(Protocol):
         response = self._response = UpstreamResponse(
             self, (b"HTTP", 1, minor), code, phrase, headers, length
         )
-        result, self._result = self._result, None
-        if result is not None:
-            self._answered = (result, response)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._answered = (waiter, response)
         if state == _DONE:
             self._body_done(clean)
 
@@ -535,9 +540,9 @@ class UpstreamConnection(Protocol):
         self._lost_with(state, reason)
 
     def _lost_with(self, state: int, reason: Failure) -> None:
-        result, self._result = self._result, None
-        if result is not None:
-            result.errback(ResponseNeverReceived([reason]))
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.lost(Failure(ResponseNeverReceived([reason])), self)
         elif state not in (_IDLE, _DONE) and self._response is not None:
             self._response._end(Failure(ResponseFailed([reason])))
 
@@ -743,7 +748,9 @@ class _Attempts:
         self._pool = pool
         self._method = method
         self._data = data
-        self._current: Deferred[Any] | None = None
+        #: A connection being made, or the connection the request is on.
+        self._current: Deferred[Any] | UpstreamConnection | None = None
+        self._reused = False
         self.outcome: Deferred[IResponse] = Deferred(self._cancel)
 
     def start(self) -> Deferred[IResponse]:
@@ -759,16 +766,23 @@ class _Attempts:
         connecting.addCallbacks(self._send_on, self._failed)
 
     def _send_on(self, connection: UpstreamConnection, reused: bool = False) -> None:
-        self._current = sent = connection.send(self._method, self._data)
-        sent.addCallbacks(self._answered, self._lost, errbackArgs=(connection, reused))
+        self._current = connection
+        self._reused = reused
+        connection.send(self._method, self._data, self)
 
-    def _answered(self, response: IResponse) -> None:
+    def answered(self, response: IResponse) -> None:
+        """
+        The head of the answer arrived.
+        """
         self._current = None
         self.outcome.callback(response)
 
-    def _lost(self, reason: Failure, connection: UpstreamConnection, reused: bool) -> None:
+    def lost(self, reason: Failure, connection: UpstreamConnection) -> None:
+        """
+        ``connection`` failed before the head of the answer arrived.
+        """
         self._current = None
-        if reused and self._stale(reason, connection):
+        if self._reused and self._stale(reason, connection):
             self._on_new_connection()
         else:
             self.outcome.errback(reason)
@@ -794,8 +808,11 @@ class _Attempts:
 
     def _cancel(self, outcome: Deferred[IResponse]) -> None:
         current, self._current = self._current, None
-        if current is not None:
+        if isinstance(current, Deferred):
             current.cancel()
+        elif current is not None:
+            current.abandon()
+            outcome.errback(ResponseNeverReceived([Failure(CancelledError())]))
 
 
 @implementer(IAgent)
