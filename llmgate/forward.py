@@ -17,7 +17,7 @@ from __future__ import annotations
 from service_identity import CertificateError, VerificationError
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client
@@ -27,6 +27,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from llmgate.config import GatewayConfig
+from llmgate.deadlines import Deadlines
 from llmgate.exchange import Exchange, LocalAnswer, RequestRecord, ResponseRecord, new_exchange_id
 from llmgate.headers import inbound_response_headers, outbound_request_headers
 from llmgate.observe import Observer
@@ -131,6 +132,10 @@ class Forwarder:
             self.strip = CREDENTIAL_HEADERS if config.auth.enabled else frozenset()
         self.defaults = provider.extra_request_headers()
         self.open_calls: dict[str, Call] = {}
+        #: Calls waiting for the head of their answer, up to ``llm.timeout``.
+        self.head_deadlines: Deadlines[Call] = Deadlines(
+            clock, config.llm.timeout, Call.head_timed_out
+        )
         self.include_stream_usage = config.usage.include_stream_usage
 
     def forward(self, request: Request) -> Deferred[None]:
@@ -178,7 +183,6 @@ class Call:
         self.exchange = exchange
         self.finished: Deferred[None] = Deferred(canceller=self._client_gone)
         self._upstream: Deferred[IResponse] | None = None
-        self._timer: IDelayedCall | None = None
         self._timed_out = False
         self._relay: Relay | None = None
         self._observer: Observer | None = None
@@ -228,14 +232,13 @@ class Call:
         except Exception:
             self._request_failed(Failure())
             return
-        if self._timer is None:
-            self._timer = forwarder.clock.callLater(
-                forwarder.config.llm.timeout, self._headers_timed_out
-            )
+        forwarder.head_deadlines.start(self)
         self._upstream.addCallbacks(self._got_response, self._request_failed)
 
-    def _headers_timed_out(self) -> None:
-        self._timer = None
+    def head_timed_out(self) -> None:
+        """
+        No head of an answer came within ``llm.timeout``.
+        """
         self._timed_out = True
         if self._upstream is not None:
             self._upstream.cancel()
@@ -439,10 +442,7 @@ class Call:
             relay.stop()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        self.forwarder.head_deadlines.stop(self)
 
 
 __all__ = ["Forwarder", "Call", "BytesProducer", "Headers"]

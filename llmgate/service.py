@@ -326,6 +326,7 @@ class GatewayService(MultiService):
         )
         d = maybeDeferred(self.listener.stopService)
         d.addCallback(lambda _: self._drain())
+        d.addCallback(lambda _: self.parts.forwarder.head_deadlines.close())
         d.addCallback(lambda _: self.parts.pipeline.close())
         d.addCallback(lambda _: self.parts.pool.closeCachedConnections())
         d.addCallback(lambda _: self._stop_others())
