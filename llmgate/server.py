@@ -157,6 +157,7 @@ class GatewayChannel(HTTPChannel):
     _peer: Any = None
     #: While a request writes: what it wrote, sent by the request at its end.
     gathered: list[bytes] | None = None
+    _keep_idle_timer = False
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         if self.gathered is None or not isinstance(headers, Headers):
@@ -278,7 +279,29 @@ class GatewayChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         self._cancel_deadline()
-        super().allContentReceived()
+        # twisted.web stops the idle timer here and makes a new one when the
+        # answer is done: a DelayedCall cancelled and one made per request.
+        # The timer keeps running instead (see setTimeout), is set back to
+        # the full idle time when the answer is done, and, should it expire
+        # while a long answer is still going, is started again.
+        self._keep_idle_timer = bool(self.timeOut)
+        try:
+            super().allContentReceived()
+        finally:
+            self._keep_idle_timer = False
+
+    def setTimeout(self, period: float | None) -> float | None:
+        if period is None and self._keep_idle_timer:
+            self._keep_idle_timer = False
+            return self.timeOut
+        return super().setTimeout(period)
+
+    def timeoutConnection(self) -> None:
+        if self._handlingRequest:
+            # Not idle: an answer is still being given.
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()

@@ -308,3 +308,85 @@ class WholeRequestTests(SynchronousTestCase):
         self.assertIs(site.http_date(), first)
         clock.advance(0.5)
         self.assertEqual(site.http_date(), b"Thu, 01 Jan 1970 00:00:01 GMT")
+
+
+class Slow(Resource):
+    """
+    Answers when told to.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list = []
+
+    def render(self, request) -> object:
+        from twisted.web.server import NOT_DONE_YET
+
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """
+    A connection is closed after ``idle_timeout`` of silence between
+    requests, never while an answer is still being given, on one timer.
+    """
+
+    def connect(self):
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.resource = Slow()
+        site = GatewaySite(
+            self.resource, provider=OPENAI, max_request_body=100, clock=self.clock,
+            idle_timeout=10,
+        )
+        site.doStart()
+        self.addCleanup(site.doStop)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_an_answer_longer_than_the_idle_timeout_is_not_cut(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+        self.clock.advance(25)
+        self.assertFalse(transport.disconnecting)
+        request = self.resource.waiting.pop()
+        request.write(b"late")
+        request.finish()
+        self.clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_silence_after_an_answer_closes_the_connection(self) -> None:
+        protocol, transport = self.connect()
+        for _ in range(3):
+            self.clock.advance(6)
+            protocol.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+            self.resource.waiting.pop().finish()
+        self.clock.advance(9.5)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.5)
+        self.assertTrue(transport.disconnecting)
+
+    def test_one_timer_serves_every_request(self) -> None:
+        protocol, transport = self.connect()
+        timers = set()
+        for _ in range(5):
+            protocol.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+            self.resource.waiting.pop().finish()
+            (timer,) = self.clock.getDelayedCalls()
+            timers.add(id(timer))
+        self.assertEqual(len(timers), 1)
+
+    def test_a_lost_connection_stops_the_timer(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+        self.resource.waiting.pop().finish()
+        protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
