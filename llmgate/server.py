@@ -33,6 +33,11 @@ _REQUEST_LINE = re.compile(
 _HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*")
 
 
+#: The largest request body held back until it is all here, to be taken
+#: with its head in one step; a larger one is left to twisted.web's parser.
+MAX_HELD_BODY = 65536
+
+
 class GatewayRequest(Request):
     """
     A request whose body is held in memory and limited in size.
@@ -157,6 +162,8 @@ class GatewayChannel(HTTPChannel):
     _peer: Any = None
     #: While a request writes: what it wrote, sent by the request at its end.
     gathered: list[bytes] | None = None
+    #: The start of a request taken whole once its body is here.
+    _held: bytes | None = None
     _keep_idle_timer = False
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
@@ -195,18 +202,27 @@ class GatewayChannel(HTTPChannel):
         return self._peer
 
     def dataReceived(self, data: bytes) -> None:
-        if (
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        elif not (
             self.line_mode
             and not self._buffer
             and not self._handlingRequest
             and self._deadline is None
-            and self._whole_request(data)
         ):
+            self._watch_deadline()
+            super().dataReceived(data)
             return
+        if not self._whole_request(data):
+            self._watch_deadline()
+            super().dataReceived(data)
+
+    def _watch_deadline(self) -> None:
         if self._deadline is None and not self._handlingRequest:
             site: GatewaySite = self.site
             self._deadline = site.clock.callLater(site.request_timeout, self._too_slow)
-        super().dataReceived(data)
 
     def _whole_request(self, data: bytes) -> bool:
         """
@@ -257,7 +273,15 @@ class GatewayChannel(HTTPChannel):
                 return False
             headers.append((name, value))
         body_start = end + 4
-        if len(data) - body_start != length:
+        received = len(data) - body_start
+        if received < length <= min(MAX_HELD_BODY, self.site.max_request_body):
+            # Clients often send the head and the body in two writes: hold
+            # the head until the body is here.
+            self._held = data
+            self.resetTimeout()
+            self._watch_deadline()
+            return True
+        if received != length:
             return False
 
         self.resetTimeout()

@@ -234,11 +234,11 @@ class WholeRequestTests(SynchronousTestCase):
     must be left to that parser.
     """
 
-    def exchange(self, data: bytes, whole: bool) -> tuple[bytes, int]:
+    def exchange(self, data: bytes, whole: bool, cut: int | None = None) -> tuple[bytes, int]:
         """
-        Feed ``data`` whole or a byte at a time (which leaves every byte to
-        twisted.web's parser); return what was answered and how many lines
-        the line parser saw.
+        Feed ``data`` whole (in two writes if ``cut`` is given) or a byte at
+        a time (which leaves every byte to twisted.web's parser); return
+        what was answered and how many lines the line parser saw.
         """
         from twisted.internet.task import Clock
 
@@ -256,7 +256,10 @@ class WholeRequestTests(SynchronousTestCase):
             line_received(line)
 
         protocol.lineReceived = count
-        if whole:
+        if whole and cut is not None:
+            protocol.dataReceived(data[:cut])
+            protocol.dataReceived(data[cut:])
+        elif whole:
             protocol.dataReceived(data)
         else:
             for index in range(len(data)):
@@ -271,6 +274,22 @@ class WholeRequestTests(SynchronousTestCase):
                 by_byte, _ = self.exchange(data, whole=False)
                 self.assertTrue(whole.startswith(b"HTTP/1."), whole)
                 self.assertEqual(whole, by_byte)
+
+    def test_head_and_body_in_two_writes_match_twisted_webs_parser(self) -> None:
+        for name, data in REQUESTS.items():
+            for cut in sorted({data.find(b"\r\n\r\n") + 4, len(data) - 1}):
+                if not 0 < cut < len(data):
+                    continue
+                with self.subTest(name, cut=cut):
+                    split, _ = self.exchange(data, whole=True, cut=cut)
+                    by_byte, _ = self.exchange(data, whole=False)
+                    self.assertEqual(split, by_byte)
+
+    def test_a_body_that_follows_its_head_is_taken_with_it(self) -> None:
+        data = REQUESTS["POST with body"]
+        answer, lines = self.exchange(data, whole=True, cut=data.find(b"\r\n\r\n") + 4)
+        self.assertEqual(lines, 0)
+        self.assertEqual(json.loads(answer.partition(b"\r\n\r\n")[2])["body"], '{"a": true}')
 
     def test_only_the_subset_skips_the_line_parser(self) -> None:
         for name, data in REQUESTS.items():
