@@ -254,11 +254,14 @@ def main() -> int:
 
     # -- contention: other processes on the gateway's CPU ---------------------------
     noise = {}
+    steal: dict[str, list[float]] = {}
     for row in rows:
         # Only runs where the gateway (or the floor server) is measured: a
         # direct run leaves the gateway's CPU idle for anyone to use.
         if row.get("case") == "noise" and row.get("of") != "warmup" and row.get("target") != "direct":
             noise.setdefault(row["of"], []).append(row["other_cpu_pct"])
+            if "steal_pct" in row:
+                steal.setdefault(row["of"], []).append(row["steal_pct"])
     noise_line = None
     if noise:
         parts = [
@@ -269,6 +272,14 @@ def main() -> int:
             f"other processes' share of CPU {meta.get('gateway_cpu', '?')} (the gateway's) "
             "during the measurements: " + ", ".join(parts)
         )
+        if steal:
+            noise_line += (
+                "; of that, taken by the hypervisor (steal): "
+                + ", ".join(
+                    f"{case} {median(values):.1f}% (max {max(values):.1f}%)"
+                    for case, values in steal.items()
+                )
+            )
         busy = {case: median(values) for case, values in noise.items() if median(values) > 5}
         if busy:
             problems.append(

@@ -194,8 +194,8 @@ start_gateway() {
 # Contention check: how much of the gateway's CPU went to other processes
 # during a measurement (other people's jobs on a shared machine skew every
 # figure; the table prints this so a noisy run can be recognised).
-cpu_busy_total() {  # "busy total" jiffies of CPU $1
-    awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat
+cpu_busy_total() {  # "busy total steal" jiffies of CPU $1
+    awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6, $9 }' /proc/stat
 }
 proc_jiffies() {  # utime + stime of PID $1
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -206,11 +206,11 @@ noise_end() {  # noise_end PID CASE TARGET REP
     local now
     now="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1")"
     echo "$NOISE_START $now" | awk -v c="$2" -v t="$3" -v r="$4" '{
-        busy = $4 - $1; total = $5 - $2; own = $6 - $3
-        other = 0; mine = 0
-        if (total > 0) { other = 100 * (busy - own) / total; mine = 100 * own / total }
+        busy = $5 - $1; total = $6 - $2; steal = $7 - $3; own = $8 - $4
+        other = 0; mine = 0; stolen = 0
+        if (total > 0) { other = 100 * (busy - own) / total; mine = 100 * own / total; stolen = 100 * steal / total }
         if (other < 0) other = 0
-        printf("{\"case\":\"noise\",\"of\":\"%s\",\"target\":\"%s\",\"rep\":%s,\"other_cpu_pct\":%.1f,\"own_cpu_pct\":%.1f}\n", c, t, r, other, mine)
+        printf("{\"case\":\"noise\",\"of\":\"%s\",\"target\":\"%s\",\"rep\":%s,\"other_cpu_pct\":%.1f,\"own_cpu_pct\":%.1f,\"steal_pct\":%.1f}\n", c, t, r, other, mine, stolen)
     }' >>"$RESULTS"
 }
 
