@@ -162,8 +162,11 @@ class GatewayChannel(HTTPChannel):
     _peer: Any = None
     #: While a request writes: what it wrote, sent by the request at its end.
     gathered: list[bytes] | None = None
-    #: The start of a request taken whole once its body is here.
-    _held: bytes | None = None
+    #: The start of a request taken whole once its body is here, its size,
+    #: and the size it needs.
+    _held: list[bytes] | None = None
+    _held_size = 0
+    _held_needed = 0
     _keep_idle_timer = False
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
@@ -204,8 +207,15 @@ class GatewayChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         held = self._held
         if held is not None:
+            # Parsed again only once the whole body is here: a body trickled
+            # in small pieces costs no more than twisted.web's own parsing.
+            held.append(data)
+            self._held_size += len(data)
+            self.resetTimeout()
+            if self._held_size < self._held_needed:
+                return
             self._held = None
-            data = held + data
+            data = b"".join(held)
         elif not (
             self.line_mode
             and not self._buffer
@@ -277,7 +287,9 @@ class GatewayChannel(HTTPChannel):
         if received < length <= min(MAX_HELD_BODY, self.site.max_request_body):
             # Clients often send the head and the body in two writes: hold
             # the head until the body is here.
-            self._held = data
+            self._held = [data]
+            self._held_size = len(data)
+            self._held_needed = body_start + length
             self.resetTimeout()
             self._watch_deadline()
             return True

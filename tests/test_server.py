@@ -291,6 +291,30 @@ class WholeRequestTests(SynchronousTestCase):
         self.assertEqual(lines, 0)
         self.assertEqual(json.loads(answer.partition(b"\r\n\r\n")[2])["body"], '{"a": true}')
 
+    def test_a_trickled_body_is_parsed_with_its_head_once(self) -> None:
+        from twisted.internet.task import Clock
+
+        site = GatewaySite(Echo(), provider=OPENAI, max_request_body=100_000, clock=Clock())
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        parses = []
+        whole_request = protocol._whole_request
+
+        def count(data: bytes) -> bool:
+            parses.append(len(data))
+            return whole_request(data)
+
+        protocol._whole_request = count
+        body = b"x" * 5000
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")
+        for index in range(len(body)):
+            protocol.dataReceived(body[index : index + 1])
+        self.assertEqual(len(parses), 2)
+        answer = json.loads(transport.value().partition(b"\r\n\r\n")[2])
+        self.assertEqual(answer["body"], body.decode())
+        protocol.connectionLost(None)
+
     def test_only_the_subset_skips_the_line_parser(self) -> None:
         for name, data in REQUESTS.items():
             with self.subTest(name):
