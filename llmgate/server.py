@@ -146,7 +146,10 @@ class GatewayRequest(Request):
             b"connection: close\r\n\r\n" % (len(body),)
             + body
         )
-        self.channel.loseConnection()
+        channel = self.channel
+        channel.loseConnection()
+        if isinstance(channel, GatewayChannel):
+            channel.ignore_the_rest()
 
 
 class GatewayChannel(HTTPChannel):
@@ -334,8 +337,13 @@ class GatewayChannel(HTTPChannel):
 
     def timeoutConnection(self) -> None:
         if self._handlingRequest:
-            # Not idle: an answer is still being given.
-            self.setTimeout(self.timeOut)
+            if self.transport.disconnecting:
+                # Closing since its last answer for a whole idle period, and
+                # still not closed: a client that stopped reading.
+                self.forceAbortClient()
+            else:
+                # Not idle: an answer is still being given.
+                self.setTimeout(self.timeOut)
             return
         super().timeoutConnection()
 
@@ -384,7 +392,14 @@ class GatewayChannel(HTTPChannel):
             b"connection: close\r\n\r\n%s" % (status, phrase[status], len(body), body)
         )
         self.loseConnection()
-        # Drop whatever else this client sends.
+        self.ignore_the_rest()
+
+    def ignore_the_rest(self) -> None:
+        """
+        Parse nothing more from this connection: it was refused and is
+        closing.  (Bytes already read, as a TLS connection delivers them one
+        record at a time, would otherwise still be parsed and served.)
+        """
         self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
 
 

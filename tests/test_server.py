@@ -433,3 +433,42 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.resource.waiting.pop().finish()
         protocol.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_connection_closing_after_its_answer_is_aborted_if_it_never_closes(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        self.resource.waiting.pop().finish()
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        # The client never reads: the close never completes.
+        self.clock.advance(9)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+
+
+class RefusedConnectionTests(SynchronousTestCase):
+    def test_nothing_after_a_refused_body_is_served(self) -> None:
+        # Found by review: a 413 taken whole left the parser at a request
+        # boundary, and over TLS (one record per dataReceived) the next
+        # request on the closing connection was still served.
+        from twisted.internet.task import Clock
+
+        resource = Recorder()
+        site = GatewaySite(resource, provider=OPENAI, max_request_body=100, clock=Clock())
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        writes = [
+            b"POST /big HTTP/1.1\r\nContent-Length: 101\r\n\r\n" + b"x" * 101,
+            b"POST /s HTTP/1.1\r\n",
+            b"Content-Length: 2\r\n",
+            b"\r\n",
+            b"hi",
+            b"POST /t HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+        ]
+        for data in writes:
+            protocol.dataReceived(data)
+        self.assertEqual(resource.bodies, [])
+        self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1)
+        self.assertEqual(site.refused_bodies, 1)
