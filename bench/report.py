@@ -205,6 +205,17 @@ def main() -> int:
             if "gap_max_ms" in g and "gap_max_ms" in d else "-",
             "(info)", "",
         ))
+        floor_rows = [r for r in rows if r.get("case") == "sse_floor"]
+        if floor_rows and "added_ttfb_p50_ms" in floor_rows[-1]:
+            fl = floor_rows[-1]
+            table.append((
+                "SSE floor: nginx proxy on the gateway's CPU, added first event p50, ms",
+                "-", signed(fl["added_ttfb_p50_ms"]), "", "(info)", "",
+            ))
+            table.append((
+                "SSE floor: nginx proxy, added inter-event gap p99, ms",
+                "-", signed(fl.get("gap_delta_p99_ms")), "", "(info)", "",
+            ))
         if "paired_gap_absdelta_p99_ms" in s:
             notes.append(
                 "SSE paired gap |gateway - direct| (same request index, same event): "

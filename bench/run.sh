@@ -11,12 +11,12 @@
 #                  the command line and override the file; the gateway
 #                  runs in the temp dir, so relative paths in the file
 #                  (e.g. a trace directory) land there
-#   --cases LIST   comma-separated subset of throughput,latency,floor,sse,memory
+#   --cases LIST   comma-separated subset of throughput,latency,floor,sse,sse_floor,memory
 #   --keep         keep the temporary directory (logs, raw results)
 #   --out DIR      copy the results table and raw results into DIR
 #
 # Environment: BENCH_GATEWAY_PORT (18080), BENCH_UPSTREAM_PORT (18081),
-# BENCH_FLOOR_PORT (18082),
+# BENCH_FLOOR_PORT (18082), BENCH_PROXY_PORT (18083, the SSE floor's nginx),
 # BENCH_GATEWAY_CPU (0), BENCH_LOAD_CPU (1), BENCH_REPS, BENCH_BIG_MB,
 # BENCH_RATE_MB (4), VENV (.venv).  Only 127.0.0.1 is ever used.
 set -euo pipefail
@@ -26,7 +26,7 @@ ROOT="$(dirname "$HERE")"
 
 QUICK=0
 CONFIG=""
-CASES="throughput,latency,floor,sse,memory"
+CASES="throughput,latency,floor,sse,sse_floor,memory"
 KEEP=0
 OUT=""
 while [ $# -gt 0 ]; do
@@ -55,6 +55,7 @@ cd "$ROOT"
 GW_PORT="${BENCH_GATEWAY_PORT:-18080}"
 UP_PORT="${BENCH_UPSTREAM_PORT:-18081}"
 FLOOR_PORT="${BENCH_FLOOR_PORT:-18082}"
+PROXY_PORT="${BENCH_PROXY_PORT:-18083}"
 GW_CPU="${BENCH_GATEWAY_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
 VENV="${VENV:-$ROOT/.venv}"
@@ -126,6 +127,7 @@ WORK=""
 NGINX_PID=""
 GW_PID=""
 FLOOR_PID=""
+PROXY_PID=""
 
 stop_pid() {  # stop_pid PID SIGNAL SECONDS: signal, wait, then SIGKILL
     local pid="$1" sig="$2" limit="$3" i=0
@@ -146,6 +148,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_pid "$FLOOR_PID" TERM 5
+    stop_pid "$PROXY_PID" TERM 5
     stop_pid "$GW_PID" TERM 15
     if [ -n "$NGINX_PID" ]; then
         local workers
@@ -288,6 +291,55 @@ case_sse() {
     noise_end "$GW_PID" sse both 1
 }
 
+# The SSE floor: nginx as an unbuffered reverse proxy (C, no Python) in the
+# gateway's place, on the gateway's CPU, probed the same way.  What it adds
+# is what this machine charges any relay on a core of its own: a wake-up
+# across cores for each event, both ways.
+case_sse_floor() {
+    cat >"$WORK/proxy.conf" <<PROXY
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/proxy.pid;
+error_log $WORK/proxy-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/proxy-body;
+    proxy_temp_path $WORK/proxy-temp;
+    fastcgi_temp_path $WORK/proxy-fastcgi;
+    uwsgi_temp_path $WORK/proxy-uwsgi;
+    scgi_temp_path $WORK/proxy-scgi;
+    upstream up { server 127.0.0.1:$UP_PORT; keepalive 16; }
+    server {
+        listen 127.0.0.1:$PROXY_PORT;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            tcp_nodelay on;
+        }
+    }
+}
+PROXY
+    taskset -c "$GW_CPU" nginx -p "$WORK" -c "$WORK/proxy.conf" >"$WORK/proxy.out" 2>&1 &
+    PROXY_PID=$!
+    wait_http "http://127.0.0.1:$PROXY_PORT/health" 10 || {
+        log "the nginx proxy for the SSE floor did not start; skipped"
+        stop_pid "$PROXY_PID" TERM 5; PROXY_PID=""
+        return 0
+    }
+    log "SSE floor: the same probe through nginx as a reverse proxy on CPU $GW_CPU"
+    timeout 200 taskset -c "$LOAD_CPU" "$PY" "$HERE/sse_probe.py" \
+        --direct "127.0.0.1:$UP_PORT" --gateway "127.0.0.1:$PROXY_PORT" --case sse_floor \
+        -n "$SSE_N" --warmup "$SSE_WARMUP" --expect-events $((SSE_EVENTS + 1)) \
+        --max-seconds 170 --json-out "$RESULTS" \
+        || log "sse_probe (floor) exited with $?"
+    stop_pid "$PROXY_PID" TERM 5
+    PROXY_PID=""
+}
+
 case_memory() {
     local size
     size="$(stat -c %s "$WORK/www/v1/big-stream")"
@@ -321,8 +373,8 @@ sanity() {
 # -- main ------------------------------------------------------------------------
 ensure_tools
 [ "$(nproc)" -ge 2 ] || { log "only one CPU: gateway and load share CPU 0"; GW_CPU=0; LOAD_CPU=0; }
-for port in "$GW_PORT" "$UP_PORT" "$FLOOR_PORT"; do
-    port_free "$port" || die "port $port on 127.0.0.1 is taken (set BENCH_GATEWAY_PORT / BENCH_UPSTREAM_PORT / BENCH_FLOOR_PORT)"
+for port in "$GW_PORT" "$UP_PORT" "$FLOOR_PORT" "$PROXY_PORT"; do
+    port_free "$port" || die "port $port on 127.0.0.1 is taken (set BENCH_GATEWAY_PORT / BENCH_UPSTREAM_PORT / BENCH_FLOOR_PORT / BENCH_PROXY_PORT)"
 done
 
 WORK="$(mktemp -d /tmp/llmgate-bench.XXXXXX)"
@@ -348,6 +400,7 @@ has_case throughput && case_throughput
 has_case latency && case_latency
 has_case floor && case_floor
 has_case sse && case_sse
+has_case sse_floor && case_sse_floor
 has_case memory && case_memory
 kill -0 "$GW_PID" 2>/dev/null || log "the gateway died during the run (see its log below)"
 

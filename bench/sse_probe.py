@@ -141,6 +141,9 @@ def main() -> int:
     )
     parser.add_argument("--max-seconds", type=float, default=150.0, help="hard time limit")
     parser.add_argument("--json-out", help="append one JSON line here")
+    parser.add_argument(
+        "--case", default="sse", help='the JSON line\'s "case" (sse_floor: another relay in its place)'
+    )
     args = parser.parse_args()
 
     targets = {"direct": parse_hostport(args.direct), "gateway": parse_hostport(args.gateway)}
@@ -163,7 +166,7 @@ def main() -> int:
     for conn in conns.values():
         conn.close()
 
-    result: dict = {"case": "sse", "n": args.n, "timed_out": timed_out}
+    result: dict = {"case": args.case, "n": args.n, "timed_out": timed_out}
     for name in targets:
         result[name] = summarise(samples[name], args.expect_events)
         result[name]["connects"] = conns[name].connects
