@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-from collections import defaultdict
 
 TARGET_METRICS_COST = 0.05      # metrics cost < 5%
 TARGET_MIDDLEWARE_KEEP = 0.60   # trace + printer keep >= 60% of throughput
