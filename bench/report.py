@@ -205,6 +205,17 @@ def main() -> int:
             if "gap_max_ms" in g and "gap_max_ms" in d else "-",
             "(info)", "",
         ))
+        warm_rows = [r for r in rows if r.get("case") == "sse_warm"]
+        if warm_rows and "added_ttfb_p50_ms" in warm_rows[-1]:
+            wa = warm_rows[-1]
+            table.append((
+                "SSE warm (a call every 2 ms beside it): added first event p50, ms",
+                "-", signed(wa["added_ttfb_p50_ms"]), "", "(info)", "",
+            ))
+            table.append((
+                "SSE warm: added inter-event gap p99, ms",
+                "-", signed(wa.get("gap_delta_p99_ms")), "", "(info)", "",
+            ))
         floor_rows = [r for r in rows if r.get("case") == "sse_floor"]
         if floor_rows and "added_ttfb_p50_ms" in floor_rows[-1]:
             fl = floor_rows[-1]

@@ -11,7 +11,8 @@
 #                  the command line and override the file; the gateway
 #                  runs in the temp dir, so relative paths in the file
 #                  (e.g. a trace directory) land there
-#   --cases LIST   comma-separated subset of throughput,latency,floor,sse,sse_floor,memory
+#   --cases LIST   comma-separated subset of throughput,latency,floor,sse,sse_warm,
+#                  sse_floor,memory
 #   --keep         keep the temporary directory (logs, raw results)
 #   --out DIR      copy the results table and raw results into DIR
 #
@@ -26,7 +27,7 @@ ROOT="$(dirname "$HERE")"
 
 QUICK=0
 CONFIG=""
-CASES="throughput,latency,floor,sse,sse_floor,memory"
+CASES="throughput,latency,floor,sse,sse_warm,sse_floor,memory"
 KEEP=0
 OUT=""
 while [ $# -gt 0 ]; do
@@ -128,6 +129,7 @@ NGINX_PID=""
 GW_PID=""
 FLOOR_PID=""
 PROXY_PID=""
+BG_PID=""
 
 stop_pid() {  # stop_pid PID SIGNAL SECONDS: signal, wait, then SIGKILL
     local pid="$1" sig="$2" limit="$3" i=0
@@ -149,6 +151,7 @@ cleanup() {
     trap - EXIT INT TERM
     stop_pid "$FLOOR_PID" TERM 5
     stop_pid "$PROXY_PID" TERM 5
+    stop_pid "$BG_PID" TERM 5
     stop_pid "$GW_PID" TERM 15
     if [ -n "$NGINX_PID" ]; then
         local workers
@@ -291,6 +294,24 @@ case_sse() {
     noise_end "$GW_PID" sse both 1
 }
 
+# The same probe while a light background load (one small call every 2 ms,
+# about 400 a second, from the load CPU) keeps the gateway from idling
+# between streams, as any gateway with other users would be: what a stream
+# costs a gateway that is not waking from 200 ms of sleep.
+case_sse_warm() {
+    log "SSE warm: the same probe with one background call every 2 ms"
+    taskset -c "$LOAD_CPU" "$PY" "$HERE/background.py" --target "127.0.0.1:$GW_PORT" \
+        --interval 0.002 --seconds 200 >>"$WORK/background.log" 2>&1 &
+    BG_PID=$!
+    timeout 200 taskset -c "$LOAD_CPU" "$PY" "$HERE/sse_probe.py" \
+        --direct "127.0.0.1:$UP_PORT" --gateway "127.0.0.1:$GW_PORT" --case sse_warm \
+        -n "$SSE_N" --warmup "$SSE_WARMUP" --expect-events $((SSE_EVENTS + 1)) \
+        --max-seconds 170 --json-out "$RESULTS" \
+        || log "sse_probe (warm) exited with $?"
+    stop_pid "$BG_PID" TERM 5
+    BG_PID=""
+}
+
 # The SSE floor: nginx as an unbuffered reverse proxy (C, no Python) in the
 # gateway's place, on the gateway's CPU, probed the same way.  What it adds
 # is what this machine charges any relay on a core of its own: a wake-up
@@ -400,6 +421,7 @@ has_case throughput && case_throughput
 has_case latency && case_latency
 has_case floor && case_floor
 has_case sse && case_sse
+has_case sse_warm && case_sse_warm
 has_case sse_floor && case_sse_floor
 has_case memory && case_memory
 kill -0 "$GW_PID" 2>/dev/null || log "the gateway died during the run (see its log below)"
