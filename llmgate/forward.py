@@ -247,7 +247,7 @@ class Call:
         self._upstream = None
         if self._done:
             return
-        self._cancel_timer()
+        self._stop_head_deadline()
         exchange = self.exchange
         if self._timed_out:
             kind, status = "upstream_timeout", 504
@@ -273,7 +273,7 @@ class Call:
 
     def _got_response(self, response: IResponse) -> None:
         self._upstream = None
-        self._cancel_timer()
+        self._stop_head_deadline()
         forwarder = self.forwarder
         exchange = self.exchange
         exchange.upstream_headers_at = forwarder.clock.seconds()
@@ -394,7 +394,7 @@ class Call:
         if self._done:
             return False
         self._done = True
-        self._cancel_timer()
+        self._stop_head_deadline()
         exchange = self.exchange
         exchange.ended_at = self.forwarder.clock.seconds()
         if self._observer is not None:
@@ -441,7 +441,7 @@ class Call:
         if relay is not None:
             relay.stop()
 
-    def _cancel_timer(self) -> None:
+    def _stop_head_deadline(self) -> None:
         self.forwarder.head_deadlines.stop(self)
 
 

@@ -219,18 +219,24 @@ class GatewayChannel(HTTPChannel):
                 return
             self._held = None
             data = b"".join(held)
-        elif not (
+            taken = self._whole_request(data)
+        else:
+            taken = self._at_request_start() and self._whole_request(data)
+        if not taken:
+            self._watch_deadline()
+            super().dataReceived(data)
+
+    def _at_request_start(self) -> bool:
+        """
+        Whether nothing of a request has been read yet: no partial line, no
+        request being answered, no deadline running.
+        """
+        return (
             self.line_mode
             and not self._buffer
             and not self._handlingRequest
             and self._deadline is None
-        ):
-            self._watch_deadline()
-            super().dataReceived(data)
-            return
-        if not self._whole_request(data):
-            self._watch_deadline()
-            super().dataReceived(data)
+        )
 
     def _watch_deadline(self) -> None:
         if self._deadline is None and not self._handlingRequest:
