@@ -205,28 +205,20 @@ def main() -> int:
             if "gap_max_ms" in g and "gap_max_ms" in d else "-",
             "(info)", "",
         ))
-        warm_rows = [r for r in rows if r.get("case") == "sse_warm"]
-        if warm_rows and "added_ttfb_p50_ms" in warm_rows[-1]:
-            wa = warm_rows[-1]
-            table.append((
-                "SSE warm (a call every 2 ms beside it): added first event p50, ms",
-                "-", signed(wa["added_ttfb_p50_ms"]), "", "(info)", "",
-            ))
-            table.append((
-                "SSE warm: added inter-event gap p99, ms",
-                "-", signed(wa.get("gap_delta_p99_ms")), "", "(info)", "",
-            ))
-        floor_rows = [r for r in rows if r.get("case") == "sse_floor"]
-        if floor_rows and "added_ttfb_p50_ms" in floor_rows[-1]:
-            fl = floor_rows[-1]
-            table.append((
-                "SSE floor: nginx proxy on the gateway's CPU, added first event p50, ms",
-                "-", signed(fl["added_ttfb_p50_ms"]), "", "(info)", "",
-            ))
-            table.append((
-                "SSE floor: nginx proxy, added inter-event gap p99, ms",
-                "-", signed(fl.get("gap_delta_p99_ms")), "", "(info)", "",
-            ))
+        for case, label in (
+            ("sse_warm", "SSE warm (a call every 2 ms beside it)"),
+            ("sse_floor", "SSE floor: nginx proxy on the gateway's CPU"),
+        ):
+            other = [r for r in rows if r.get("case") == case]
+            if other and "added_ttfb_p50_ms" in other[-1]:
+                table.append((
+                    f"{label}: added first event p50, ms",
+                    "-", signed(other[-1]["added_ttfb_p50_ms"]), "", "(info)", "",
+                ))
+                table.append((
+                    f"{label}: added inter-event gap p99, ms",
+                    "-", signed(other[-1].get("gap_delta_p99_ms")), "", "(info)", "",
+                ))
         if "paired_gap_absdelta_p99_ms" in s:
             notes.append(
                 "SSE paired gap |gateway - direct| (same request index, same event): "

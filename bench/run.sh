@@ -283,14 +283,18 @@ case_floor() {
     done
 }
 
+probe_sse() {  # probe_sse PORT CASE: the SSE probe, direct and through PORT
+    timeout 200 taskset -c "$LOAD_CPU" "$PY" "$HERE/sse_probe.py" \
+        --direct "127.0.0.1:$UP_PORT" --gateway "127.0.0.1:$1" --case "$2" \
+        -n "$SSE_N" --warmup "$SSE_WARMUP" --expect-events $((SSE_EVENTS + 1)) \
+        --max-seconds 170 --json-out "$RESULTS" \
+        || log "sse_probe ($2) exited with $?"
+}
+
 case_sse() {
     log "SSE: $SSE_N streams each way ($SSE_EVENTS events ${SSE_GAP_MS} ms apart + [DONE]), alternating"
     noise_begin "$GW_PID"
-    timeout 200 taskset -c "$LOAD_CPU" "$PY" "$HERE/sse_probe.py" \
-        --direct "127.0.0.1:$UP_PORT" --gateway "127.0.0.1:$GW_PORT" \
-        -n "$SSE_N" --warmup "$SSE_WARMUP" --expect-events $((SSE_EVENTS + 1)) \
-        --max-seconds 170 --json-out "$RESULTS" \
-        || log "sse_probe exited with $?"
+    probe_sse "$GW_PORT" sse
     noise_end "$GW_PID" sse both 1
 }
 
@@ -303,11 +307,7 @@ case_sse_warm() {
     taskset -c "$LOAD_CPU" "$PY" "$HERE/background.py" --target "127.0.0.1:$GW_PORT" \
         --interval 0.002 --seconds 200 >>"$WORK/background.log" 2>&1 &
     BG_PID=$!
-    timeout 200 taskset -c "$LOAD_CPU" "$PY" "$HERE/sse_probe.py" \
-        --direct "127.0.0.1:$UP_PORT" --gateway "127.0.0.1:$GW_PORT" --case sse_warm \
-        -n "$SSE_N" --warmup "$SSE_WARMUP" --expect-events $((SSE_EVENTS + 1)) \
-        --max-seconds 170 --json-out "$RESULTS" \
-        || log "sse_probe (warm) exited with $?"
+    probe_sse "$GW_PORT" sse_warm
     stop_pid "$BG_PID" TERM 5
     BG_PID=""
 }
@@ -352,11 +352,7 @@ PROXY
         return 0
     }
     log "SSE floor: the same probe through nginx as a reverse proxy on CPU $GW_CPU"
-    timeout 200 taskset -c "$LOAD_CPU" "$PY" "$HERE/sse_probe.py" \
-        --direct "127.0.0.1:$UP_PORT" --gateway "127.0.0.1:$PROXY_PORT" --case sse_floor \
-        -n "$SSE_N" --warmup "$SSE_WARMUP" --expect-events $((SSE_EVENTS + 1)) \
-        --max-seconds 170 --json-out "$RESULTS" \
-        || log "sse_probe (floor) exited with $?"
+    probe_sse "$PROXY_PORT" sse_floor
     stop_pid "$PROXY_PID" TERM 5
     PROXY_PID=""
 }
