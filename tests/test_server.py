@@ -8,12 +8,24 @@ from __future__ import annotations
 import json
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from llmgate.providers import ANTHROPIC, OPENAI
 from llmgate.server import GatewaySite
+
+
+def connect(site: GatewaySite, transport: StringTransport | None = None):
+    """
+    A channel of ``site`` connected over ``transport`` (a new
+    ``StringTransport`` by default).
+    """
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = transport if transport is not None else StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
 
 
 class Recorder(Resource):
@@ -35,9 +47,7 @@ class BodyLimitTests(SynchronousTestCase):
         self.site = site
         site.doStart()
         self.addCleanup(site.doStop)
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
+        protocol, transport = connect(site)
         return protocol, transport
 
     def split(self, transport: StringTransport) -> tuple[bytes, dict]:
@@ -117,9 +127,7 @@ class GatheredWriteTests(SynchronousTestCase):
         )
         site.doStart()
         self.addCleanup(site.doStop)
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = CountingTransport()
-        protocol.makeConnection(transport)
+        protocol, transport = connect(site, CountingTransport())
         protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
         return transport
 
@@ -240,14 +248,10 @@ class WholeRequestTests(SynchronousTestCase):
         a time (which leaves every byte to twisted.web's parser); return
         what was answered and how many lines the line parser saw.
         """
-        from twisted.internet.task import Clock
-
         site = GatewaySite(Echo(), provider=OPENAI, max_request_body=100, clock=Clock())
         site.doStart()
         self.addCleanup(site.doStop)
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
+        protocol, transport = connect(site)
         lines = []
         line_received = protocol.lineReceived
 
@@ -292,12 +296,8 @@ class WholeRequestTests(SynchronousTestCase):
         self.assertEqual(json.loads(answer.partition(b"\r\n\r\n")[2])["body"], '{"a": true}')
 
     def test_a_trickled_body_is_parsed_with_its_head_once(self) -> None:
-        from twisted.internet.task import Clock
-
         site = GatewaySite(Echo(), provider=OPENAI, max_request_body=100_000, clock=Clock())
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
+        protocol, transport = connect(site)
         parses = []
         whole_request = protocol._whole_request
 
@@ -341,8 +341,6 @@ class WholeRequestTests(SynchronousTestCase):
         self.assertNotIn(b"\r\nserver:", head)
 
     def test_the_date_is_formatted_once_a_second(self) -> None:
-        from twisted.internet.task import Clock
-
         clock = Clock()
         site = GatewaySite(Echo(), provider=OPENAI, max_request_body=100, clock=clock)
         first = site.http_date()
@@ -378,8 +376,6 @@ class IdleTimeoutTests(SynchronousTestCase):
     """
 
     def connect(self):
-        from twisted.internet.task import Clock
-
         self.clock = Clock()
         self.resource = Slow()
         site = GatewaySite(
@@ -388,9 +384,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         )
         site.doStart()
         self.addCleanup(site.doStop)
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
+        protocol, transport = connect(site)
         return protocol, transport
 
     def test_an_answer_longer_than_the_idle_timeout_is_not_cut(self) -> None:
@@ -452,13 +446,9 @@ class RefusedConnectionTests(SynchronousTestCase):
         # Found by review: a 413 taken whole left the parser at a request
         # boundary, and over TLS (one record per dataReceived) the next
         # request on the closing connection was still served.
-        from twisted.internet.task import Clock
-
         resource = Recorder()
         site = GatewaySite(resource, provider=OPENAI, max_request_body=100, clock=Clock())
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
+        protocol, transport = connect(site)
         writes = [
             b"POST /big HTTP/1.1\r\nContent-Length: 101\r\n\r\n" + b"x" * 101,
             b"POST /s HTTP/1.1\r\n",
