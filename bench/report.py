@@ -206,6 +206,7 @@ def main() -> int:
             "(info)", "",
         ))
         for case, label in (
+            ("sse_apart", "SSE apart (client on the upstream's CPU)"),
             ("sse_warm", "SSE warm (a call every 2 ms beside it)"),
             ("sse_floor", "SSE floor: nginx proxy on the gateway's CPU"),
         ):
@@ -315,7 +316,9 @@ def main() -> int:
     if meta:
         print(
             f"gateway on CPU {meta.get('gateway_cpu')}, nginx + load generator on CPU "
-            f"{meta.get('load_cpu')}; config: {meta.get('config') or '(none, CLI flags only)'}"
+            f"{meta.get('load_cpu')}"
+            + (f", SSE probe's client on CPU {meta['probe_cpu']}" if "probe_cpu" in meta else "")
+            + f"; config: {meta.get('config') or '(none, CLI flags only)'}"
         )
     print()
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths))

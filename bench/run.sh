@@ -11,14 +11,15 @@
 #                  the command line and override the file; the gateway
 #                  runs in the temp dir, so relative paths in the file
 #                  (e.g. a trace directory) land there
-#   --cases LIST   comma-separated subset of throughput,latency,floor,sse,sse_warm,
-#                  sse_floor,memory
+#   --cases LIST   comma-separated subset of throughput,latency,floor,sse,sse_apart,
+#                  sse_warm,sse_floor,memory
 #   --keep         keep the temporary directory (logs, raw results)
 #   --out DIR      copy the results table and raw results into DIR
 #
 # Environment: BENCH_GATEWAY_PORT (18080), BENCH_UPSTREAM_PORT (18081),
 # BENCH_FLOOR_PORT (18082), BENCH_PROXY_PORT (18083, the SSE floor's nginx),
-# BENCH_GATEWAY_CPU (0), BENCH_LOAD_CPU (1), BENCH_REPS, BENCH_BIG_MB,
+# BENCH_GATEWAY_CPU (0), BENCH_LOAD_CPU (1), BENCH_PROBE_CPU (the SSE probe's;
+# the gateway's CPU), BENCH_REPS, BENCH_BIG_MB,
 # BENCH_RATE_MB (4), VENV (.venv).  Only 127.0.0.1 is ever used.
 set -euo pipefail
 
@@ -27,7 +28,7 @@ ROOT="$(dirname "$HERE")"
 
 QUICK=0
 CONFIG=""
-CASES="throughput,latency,floor,sse,sse_warm,sse_floor,memory"
+CASES="throughput,latency,floor,sse,sse_apart,sse_warm,sse_floor,memory"
 KEEP=0
 OUT=""
 while [ $# -gt 0 ]; do
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1 ;;
         --out) OUT="$2"; shift ;;
         --out=*) OUT="${1#--out=}" ;;
-        -h|--help) sed -n '2,21p' "$HERE/run.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$HERE/run.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -59,6 +60,10 @@ FLOOR_PORT="${BENCH_FLOOR_PORT:-18082}"
 PROXY_PORT="${BENCH_PROXY_PORT:-18083}"
 GW_CPU="${BENCH_GATEWAY_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
+# The SSE probe's client runs on the gateway's CPU, so that its direct path
+# (client -> nginx) crosses CPUs as often as the path through the gateway does
+# (nginx -> gateway); see "Where the SSE client runs" in bench/README.md.
+PROBE_CPU="${BENCH_PROBE_CPU:-$GW_CPU}"
 VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 TWISTD="$VENV/bin/twistd"
@@ -206,13 +211,34 @@ cpu_busy_total() {  # "busy total steal" jiffies of CPU $1
 proc_jiffies() {  # utime + stime of PID $1
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
+# CPU used by this shell's finished children (and theirs), in jiffies, into
+# $CHILD_JIFFIES: `times` must run in this shell, not in a pipe or $(...).
+CHILD_JIFFIES=0
+children_jiffies() {
+    times >"$WORK/times.txt"
+    CHILD_JIFFIES="$(awk 'NR == 2 {
+        n = 0
+        for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); n += 100 * (60 * p[1] + p[2]) }
+        printf "%d", n
+    }' "$WORK/times.txt")"
+}
+# noise_begin PID [client]: with "client", what this shell's children use
+# meanwhile (a client run on the gateway's CPU) counts as the measurement's own.
 NOISE_START=""
-noise_begin() { NOISE_START="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1")"; }
+NOISE_CLIENT=0
+noise_begin() {
+    NOISE_CLIENT=0
+    [ "${2:-}" = client ] && NOISE_CLIENT=1
+    children_jiffies
+    NOISE_START="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1") $CHILD_JIFFIES"
+}
 noise_end() {  # noise_end PID CASE TARGET REP
     local now
-    now="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1")"
-    echo "$NOISE_START $now" | awk -v c="$2" -v t="$3" -v r="$4" '{
-        busy = $5 - $1; total = $6 - $2; steal = $7 - $3; own = $8 - $4
+    children_jiffies
+    now="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1") $CHILD_JIFFIES"
+    echo "$NOISE_START $now" | awk -v c="$2" -v t="$3" -v r="$4" -v client="$NOISE_CLIENT" '{
+        busy = $6 - $1; total = $7 - $2; steal = $8 - $3; own = $9 - $4
+        if (client) own += $10 - $5
         other = 0; mine = 0; stolen = 0
         if (total > 0) { other = 100 * (busy - own) / total; mine = 100 * own / total; stolen = 100 * steal / total }
         if (other < 0) other = 0
@@ -283,8 +309,8 @@ case_floor() {
     done
 }
 
-probe_sse() {  # probe_sse PORT CASE: the SSE probe, direct and through PORT
-    timeout 200 taskset -c "$LOAD_CPU" "$PY" "$HERE/sse_probe.py" \
+probe_sse() {  # probe_sse PORT CASE CPU: the SSE probe on CPU, direct and through PORT
+    timeout 200 taskset -c "$3" "$PY" "$HERE/sse_probe.py" \
         --direct "127.0.0.1:$UP_PORT" --gateway "127.0.0.1:$1" --case "$2" \
         -n "$SSE_N" --warmup "$SSE_WARMUP" --expect-events $((SSE_EVENTS + 1)) \
         --max-seconds 170 --json-out "$RESULTS" \
@@ -292,10 +318,22 @@ probe_sse() {  # probe_sse PORT CASE: the SSE probe, direct and through PORT
 }
 
 case_sse() {
-    log "SSE: $SSE_N streams each way ($SSE_EVENTS events ${SSE_GAP_MS} ms apart + [DONE]), alternating"
-    noise_begin "$GW_PID"
-    probe_sse "$GW_PORT" sse
+    log "SSE: $SSE_N streams each way ($SSE_EVENTS events ${SSE_GAP_MS} ms apart + [DONE])," \
+        "alternating, client on CPU $PROBE_CPU"
+    local client=""
+    [ "$PROBE_CPU" = "$GW_CPU" ] && client=client
+    noise_begin "$GW_PID" $client
+    probe_sse "$GW_PORT" sse "$PROBE_CPU"
     noise_end "$GW_PID" sse both 1
+}
+
+# The same probe with its client beside the upstream, on the load CPU.  The
+# direct path then never leaves that CPU, while every event through the
+# gateway crosses CPUs twice (nginx -> gateway -> client): what that placement
+# adds is mostly this VM's cost of waking a sleeping CPU (information only).
+case_sse_apart() {
+    log "SSE apart: the same probe with its client on CPU $LOAD_CPU, beside the upstream"
+    probe_sse "$GW_PORT" sse_apart "$LOAD_CPU"
 }
 
 # The same probe while a light background load (one small call every 2 ms,
@@ -307,7 +345,7 @@ case_sse_warm() {
     taskset -c "$LOAD_CPU" "$PY" "$HERE/background.py" --target "127.0.0.1:$GW_PORT" \
         --interval 0.002 --seconds 200 >>"$WORK/background.log" 2>&1 &
     BG_PID=$!
-    probe_sse "$GW_PORT" sse_warm
+    probe_sse "$GW_PORT" sse_warm "$PROBE_CPU"
     stop_pid "$BG_PID" TERM 5
     BG_PID=""
 }
@@ -352,7 +390,7 @@ PROXY
         return 0
     }
     log "SSE floor: the same probe through nginx as a reverse proxy on CPU $GW_CPU"
-    probe_sse "$PROXY_PORT" sse_floor
+    probe_sse "$PROXY_PORT" sse_floor "$PROBE_CPU"
     stop_pid "$PROXY_PID" TERM 5
     PROXY_PID=""
 }
@@ -389,7 +427,7 @@ sanity() {
 
 # -- main ------------------------------------------------------------------------
 ensure_tools
-[ "$(nproc)" -ge 2 ] || { log "only one CPU: gateway and load share CPU 0"; GW_CPU=0; LOAD_CPU=0; }
+[ "$(nproc)" -ge 2 ] || { log "only one CPU: gateway and load share CPU 0"; GW_CPU=0; LOAD_CPU=0; PROBE_CPU=0; }
 for port in "$GW_PORT" "$UP_PORT" "$FLOOR_PORT" "$PROXY_PORT"; do
     port_free "$port" || die "port $port on 127.0.0.1 is taken (set BENCH_GATEWAY_PORT / BENCH_UPSTREAM_PORT / BENCH_FLOOR_PORT / BENCH_PROXY_PORT)"
 done
@@ -417,6 +455,7 @@ has_case throughput && case_throughput
 has_case latency && case_latency
 has_case floor && case_floor
 has_case sse && case_sse
+has_case sse_apart && case_sse_apart
 has_case sse_warm && case_sse_warm
 has_case sse_floor && case_sse_floor
 has_case memory && case_memory
@@ -427,7 +466,7 @@ import datetime, json, sys
 json.dump({
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     "quick": bool($QUICK), "reps": $REPS, "config": "$CONFIG",
-    "gateway_cpu": "$GW_CPU", "load_cpu": "$LOAD_CPU",
+    "gateway_cpu": "$GW_CPU", "load_cpu": "$LOAD_CPU", "probe_cpu": "$PROBE_CPU",
     "throughput_seconds": $TP_SECONDS, "throughput_connections": $TP_CONNS,
     "latency_seconds": $LAT_SECONDS, "stream_gap_ms": $SSE_GAP_MS,
     "floor_seconds": $FLOOR_SECONDS, "rate_mib_s": $RATE_MB,
