@@ -19,7 +19,7 @@ llm:
   type: "openai"                       # openai | anthropic
   api_key: "${LLM_API_KEY:-}"          # injected upstream; empty: clients send their own
   timeout: 60                          # seconds to wait for response headers
-  idle_timeout: 300                    # seconds a stream may stay silent
+  idle_timeout: 300                    # seconds a stream (or its reader) may stall
   # auth_header: "api-key"             # Azure OpenAI and other conventions
 
 middlewares:

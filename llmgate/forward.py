@@ -33,7 +33,7 @@ from llmgate.headers import inbound_response_headers, outbound_request_headers
 from llmgate.observe import Observer
 from llmgate.pipeline import Pipeline
 from llmgate.providers import CREDENTIAL_HEADERS, Provider
-from llmgate.relay import ClientGone, Relay, StreamIdle
+from llmgate.relay import ClientGone, ClientStalled, Relay, StreamIdle
 from llmgate.streamusage import UsageChunkHider, request_usage
 from llmgate.upstream import BODY_METHODS
 
@@ -334,6 +334,20 @@ class Call:
             exchange.client_gone = True
             exchange.error, exchange.error_kind = "client disconnected", "client_gone"
             self._complete()
+            return
+        if isinstance(reason, ClientStalled):
+            # It reads nothing, so no end of the answer could reach it: cut it.
+            exchange.client_gone = True
+            exchange.error, exchange.error_kind = str(reason), "client_stalled"
+            self.log.warn(
+                "{method} {path}: {message}; connection closed",
+                method=exchange.request.method.decode("ascii", "replace"),
+                path=exchange.request.path.decode("ascii", "replace"),
+                message=str(reason),
+                exchange_id=exchange.id,
+            )
+            self._complete()
+            self.request.channel.transport.abortConnection()
             return
         kind = classify(Failure(reason))
         record = exchange.response

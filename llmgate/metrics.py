@@ -29,7 +29,7 @@ MAX_MODELS = 100
 OTHER_MODEL = "other"
 
 #: Error kinds that are the gateway's own decisions, not upstream failures.
-LOCAL_KINDS = frozenset({"client_gone", "unauthorized", "shutdown"})
+LOCAL_KINDS = frozenset({"client_gone", "client_stalled", "unauthorized", "shutdown"})
 
 #: Latency samples kept per summary, for the JSON view's percentiles.
 RESERVOIR = 2048
@@ -121,7 +121,8 @@ class Metrics(Middleware):
             "llmgate_upstream_errors", "Failed calls by kind.", ["kind"], registry=self.registry,
         )
         self._prom_disconnects = PromCounter(
-            "llmgate_client_disconnects", "Calls the client left before the answer ended.",
+            "llmgate_client_disconnects",
+            "Calls the client left, or stopped reading, before the answer ended.",
             registry=self.registry,
         )
         self._prom_duration = Histogram(

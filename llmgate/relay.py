@@ -35,6 +35,13 @@ class ClientGone(Exception):
     """
 
 
+class ClientStalled(Exception):
+    """
+    The client read nothing of a stream waiting for it for longer than the
+    idle timeout: it holds an upstream connection and gives nothing back.
+    """
+
+
 @implementer(IPushProducer)
 class Relay(Protocol):
     """
@@ -42,6 +49,7 @@ class Relay(Protocol):
 
     :ivar done: fires with None when the upstream body ended cleanly, or with
         the exception that ended it (``StreamIdle`` after an idle timeout,
+        ``ClientStalled`` when the client read nothing for as long,
         ``ClientGone`` after :meth:`stop`); it never errbacks.
     """
 
@@ -58,7 +66,9 @@ class Relay(Protocol):
         """
         :param consumer: the client's request, written to as data arrives.
         :param idle_timeout: seconds of upstream silence that end the stream;
-            time spent paused by a slow client does not count.
+            time spent paused by a slow client does not count, but a client
+            that keeps the stream paused (reads nothing) for as long ends it
+            too.
         :param observe: called with every chunk after it is written, for the
             exchange record; it must be cheap and must not raise.
         :param rewrite: changes the bytes the client gets (the observer still
@@ -92,7 +102,9 @@ class Relay(Protocol):
             if relayed:
                 self._consumer.write(relayed)
         self._observe(data)
-        if self._idle is not None and self._idle.active():
+        # While paused the timer is the client's: bytes already on their way
+        # from the upstream say nothing of whether the client reads.
+        if not self._paused and self._idle is not None and self._idle.active():
             self._idle.reset(self._idle_timeout)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
@@ -113,15 +125,18 @@ class Relay(Protocol):
         if self.stopped or self.transport is None:
             return
         self._paused = True
+        # The upstream is not silent, the client is not reading: time the
+        # client instead.
         self._cancelIdle()
+        self._idle = self._clock.callLater(self._idle_timeout, self._stalled)
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self.stopped or self.transport is None:
             return
         self._paused = False
-        if self._idle is None:
-            self._idle = self._clock.callLater(self._idle_timeout, self._timedOut)
+        self._cancelIdle()
+        self._idle = self._clock.callLater(self._idle_timeout, self._timedOut)
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -149,6 +164,15 @@ class Relay(Protocol):
             self.done.callback(ClientGone())
 
     def _timedOut(self) -> None:
+        self._end(StreamIdle(f"no data from upstream for {self._idle_timeout:g}s"))
+
+    def _stalled(self) -> None:
+        self._end(ClientStalled(f"client read nothing for {self._idle_timeout:g}s"))
+
+    def _end(self, reason: Exception) -> None:
+        """
+        A timer ran out: drop the upstream connection and say why.
+        """
         self._idle = None
         if self.stopped or self.done.called:
             return
@@ -156,7 +180,7 @@ class Relay(Protocol):
         self._unregister()
         if self.transport is not None:
             self.transport.stopProducing()
-        self.done.callback(StreamIdle(f"no data from upstream for {self._idle_timeout:g}s"))
+        self.done.callback(reason)
 
     def _cancelIdle(self) -> None:
         if self._idle is not None:

@@ -836,6 +836,41 @@ def test_a_paused_client_that_disconnects_still_aborts_the_upstream(make_gateway
     yield pool.closeCachedConnections()
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_client_reading_nothing_for_the_idle_timeout_is_cut_and_the_upstream_dropped(
+    make_gateway, upstream
+):
+    gateway = make_gateway(llm__idle_timeout=0.5)
+    agent, pool = raw_agent()
+    response = yield within(
+        agent.request(
+            b"POST",
+            (gateway.url + "/big-stream-counted").encode(),
+            Headers({b"content-type": [b"application/json"]}),
+            FileBodyProducer(BytesIO(b'{"megabytes": 64}')),
+        )
+    )
+    reader = CountingReader()
+    response.deliverBody(reader)
+    reader.transport.pauseProducing()
+    stream = upstream.resource.big_streams[-1]
+    lost = upstream.resource.notify_stream_lost()
+    yield wait_until(lambda: stream.paused)
+    # The client holds its connection open and reads nothing: after the idle
+    # timeout the gateway lets go of the upstream, though nobody hung up.
+    yield within(lost, 5)
+    assert gateway.parts.forwarder.open_calls == {}
+    # The client's connection was cut, so what it had is not a whole answer.
+    reader.transport.resumeProducing()
+    yield within(reader.ended, 10)
+    assert not reader.reason.check(ResponseDone)
+    assert reader.received < 64 * 1024 * 1024
+    metrics = gateway.parts.metrics
+    assert metrics is not None and metrics.client_disconnects == 1
+    yield pool.closeCachedConnections()
+    yield assert_gateway_still_works(gateway)
+
+
 # -- what a call leaves behind ------------------------------------------------------
 
 

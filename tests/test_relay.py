@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from llmgate.relay import ClientGone, Relay, StreamIdle
+from llmgate.relay import ClientGone, ClientStalled, Relay, StreamIdle
 
 
 class FakeConsumer:
@@ -113,14 +113,44 @@ class RelayTests(SynchronousTestCase):
         self.assertIsInstance(self.successResultOf(self.relay.done), StreamIdle)
 
     def test_time_paused_by_a_slow_client_does_not_count_as_idle(self) -> None:
+        self.clock.advance(5)
         self.relay.pauseProducing()
-        self.clock.advance(60)
+        self.clock.advance(9)
         self.assertNoResult(self.relay.done)
         self.relay.resumeProducing()
         self.clock.advance(9)
         self.assertNoResult(self.relay.done)
         self.clock.advance(1)
         self.assertIsInstance(self.successResultOf(self.relay.done), StreamIdle)
+
+    def test_a_client_reading_nothing_past_the_idle_timeout_ends_the_stream(self) -> None:
+        self.relay.pauseProducing()
+        self.clock.advance(9)
+        self.assertNoResult(self.relay.done)
+        self.clock.advance(1)
+        reason = self.successResultOf(self.relay.done)
+        self.assertIsInstance(reason, ClientStalled)
+        self.assertIn("10s", str(reason))
+        self.assertEqual(self.upstream.producerState, "stopped")
+        self.assertIsNone(self.consumer.producer)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_slow_client_that_keeps_reading_is_never_cut(self) -> None:
+        for _ in range(20):
+            self.relay.pauseProducing()
+            self.clock.advance(9)
+            self.relay.resumeProducing()
+            self.relay.dataReceived(b"data: x\n\n")
+        self.assertNoResult(self.relay.done)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_upstream_bytes_arriving_while_paused_do_not_excuse_the_client(self) -> None:
+        self.relay.pauseProducing()
+        for _ in range(3):
+            self.clock.advance(3)
+            self.relay.dataReceived(b"data: already sent\n\n")
+        self.clock.advance(1)
+        self.assertIsInstance(self.successResultOf(self.relay.done), ClientStalled)
 
     def test_no_timer_is_left_behind_after_the_end(self) -> None:
         self.relay.connectionLost(Failure(ResponseDone()))
