@@ -175,6 +175,9 @@ workers_ticks() {  # "pid:ticks pid:ticks" for the children of $1
 cpu_line() {  # "busy total" jiffies of /proc/stat line $1 (cpu, cpu0, cpu1)
     awk -v c="$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat
 }
+steal_of() {  # jiffies the hypervisor took from /proc/stat line $1 (part of cpu_line's busy)
+    awk -v c="$1" '$1 == c { print $9 }' /proc/stat
+}
 # This shell's waited-for children's CPU seconds (wrk, through timeout) into
 # CHILD_S: `times` must run in this shell, not in a $(...) subshell, whose
 # counters start at 0.
@@ -209,9 +212,10 @@ settle() {  # settle PID
 run_wrk() {
     local tag="$1" name="$2" secs="$3" conns="$4"; shift 4
     local pid="${GW_PID[$name]}" url="http://127.0.0.1:${GW_PORT[$name]}/v1/chat/completions"
-    local g0 w0 n0 c0 a0 b0 z0 t0 gm g1 w1 n1 c1 a1 b1 z1 t1 t2
+    local g0 w0 n0 c0 a0 b0 z0 s0 t0 gm g1 w1 n1 c1 a1 b1 z1 s1 t1 t2
     g0="$(tree_ticks "$pid")"; w0="$(workers_ticks "$pid")"; n0="$(tree_ticks "$NGINX_PID")"
     children_seconds; c0="$CHILD_S"; a0="$(cpu_line cpu)"; b0="$(cpu_line cpu0)"; z0="$(cpu_line cpu1)"
+    s0="$(steal_of cpu0)"
     t0="$(date +%s.%N)"
     BENCH_OUT="$RESULTS" BENCH_TAG="$tag," \
         timeout $((secs + 30)) "$@" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s \
@@ -223,12 +227,13 @@ run_wrk() {
     t2="$(date +%s.%N)"
     g1="$(tree_ticks "$pid")"; w1="$(workers_ticks "$pid")"; n1="$(tree_ticks "$NGINX_PID")"
     children_seconds; c1="$CHILD_S"; a1="$(cpu_line cpu)"; b1="$(cpu_line cpu0)"; z1="$(cpu_line cpu1)"
-    printf '{%s,"kind":"cpu","clk_tck":%s,"wall":%s,"wall_settled":%s,"gw_ticks":%s,"gw_ticks_wall":%s,"nginx_ticks":%s,"wrk_cpu_s":%s,"workers0":"%s","workers1":"%s","cpu":[%s,%s],"cpu0":[%s,%s],"cpu1":[%s,%s]}\n' \
+    s1="$(steal_of cpu0)"
+    printf '{%s,"kind":"cpu","clk_tck":%s,"wall":%s,"wall_settled":%s,"gw_ticks":%s,"gw_ticks_wall":%s,"nginx_ticks":%s,"wrk_cpu_s":%s,"workers0":"%s","workers1":"%s","cpu":[%s,%s],"cpu0":[%s,%s],"cpu1":[%s,%s],"steal0":%s}\n' \
         "$tag" "$CLK_TCK" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
         "$(awk -v a="$t0" -v b="$t2" 'BEGIN { printf "%.3f", b - a }')" "$((g1 - g0))" "$((gm - g0))" "$((n1 - n0))" \
         "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.3f", b - a }')" "$w0" "$w1" \
         "$(echo "$a1 $a0" | awk '{print $1-$3}')" "$(echo "$a1 $a0" | awk '{print $2-$4}')" \
         "$(echo "$b1 $b0" | awk '{print $1-$3}')" "$(echo "$b1 $b0" | awk '{print $2-$4}')" \
         "$(echo "$z1 $z0" | awk '{print $1-$3}')" "$(echo "$z1 $z0" | awk '{print $2-$4}')" \
-        >>"$RESULTS"
+        "$((s1 - s0))" >>"$RESULTS"
 }

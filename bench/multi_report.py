@@ -74,6 +74,8 @@ def load(path):
             )
             busy0, total0 = c["cpu0"]
             run["other0"] = max(0.0, (busy0 - c["gw_ticks"]) / total0) if total0 else None
+            # Part of other0: what the hypervisor took (older results lack it).
+            run["steal0"] = c["steal0"] / total0 if total0 and "steal0" in c else None
             busy, total = c["cpu"]
             load_ticks = c["nginx_ticks"] + c["wrk_cpu_s"] * hz
             # /proc/stat, nginx and wrk figures span the run up to the point
@@ -171,7 +173,7 @@ def report_compare(runs, files, meta):
     out.append("")
     head = (f"{'config':<20}{'req/s':>8}{'vs bare':>9}{'vs default':>12}"
             f"{'CPU us/req':>12}{'CPU-bound vs bare':>19}{'vs default':>12}"
-            f"{'gw cores':>10}{'others CPU0':>13}{'non2xx/err':>12}")
+            f"{'gw cores':>10}{'others CPU0':>13}{'of it steal':>13}{'non2xx/err':>12}")
     out.append(head)
     out.append("-" * len(head))
     have = set(targets)
@@ -187,6 +189,7 @@ def report_compare(runs, files, meta):
             f"{fmt(paired(runs, 'compare', '', t, 'default', 'cpu_us', True) if 'default' in have else None, '.3f'):>12}"
             f"{fmt(med(t, 'cores'), '.2f'):>10}"
             f"{fmt(None if med(t, 'other0') is None else 100 * med(t, 'other0'), '.0f'):>12}%"
+            f"{fmt(None if med(t, 'steal0') is None else 100 * med(t, 'steal0'), '.1f'):>12}%"
             f"{bad:>12}"
         )
 
@@ -244,14 +247,16 @@ def report_compare(runs, files, meta):
              "(info)", None, q("metrics-off", "bare", cost=True))
 
     out.append("")
-    out.append("per repetition (req/s, CPU us/req, gateway cores, others' share of CPU0):")
+    out.append("per repetition (req/s, CPU us/req, gateway cores, others' share of CPU0"
+               " (of it steal)):")
     for r in reps:
         parts = []
         for t in targets:
             run = runs.get(("compare", "", t, r))
             if run:
                 parts.append(f"{t} {run['rps']:,.0f} / {fmt(run.get('cpu_us'))} / "
-                             f"{fmt(run.get('cores'), '.2f')} / {fmt(100 * (run.get('other0') or 0), '.0f')}%")
+                             f"{fmt(run.get('cores'), '.2f')} / {fmt(100 * (run.get('other0') or 0), '.0f')}%"
+                             + (f" ({100 * run['steal0']:.1f}%)" if run.get("steal0") is not None else ""))
         out.append(f"  rep {r}: " + "; ".join(parts))
 
     notes = []
