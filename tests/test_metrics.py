@@ -18,9 +18,12 @@ from twisted.web.http_headers import Headers
 
 from llmgate.exchange import Exchange, RequestRecord, ResponseRecord
 from llmgate.metrics import (
+    DURATION_BUCKETS,
     MAX_MODELS,
     OTHER_MODEL,
     RESERVOIR,
+    TOKEN_BUCKETS,
+    Buckets,
     Metrics,
     Summary,
     status_class,
@@ -305,6 +308,55 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual(view["count"], 2 * RESERVOIR)
         self.assertAlmostEqual(view["avg_ms"], 500.5, places=3)
         self.assertEqual((view["p50_ms"], view["p90_ms"], view["p99_ms"]), (1.0, 1.0, 1.0))
+
+
+class BucketsTests(SynchronousTestCase):
+    """
+    ``Buckets`` stands in for ``prometheus_client.Histogram``: the same
+    observations must give the same exposed samples.
+    """
+
+    def exposed_by_prometheus_client(self, bounds, values) -> dict[str, float]:
+        from prometheus_client import CollectorRegistry, Histogram
+
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", buckets=bounds, registry=registry)
+        for value in values:
+            histogram.observe(value)
+        return {
+            sample.labels["le"]: sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "h_bucket"
+        } | {"sum": registry.get_sample_value("h_sum"), "count": registry.get_sample_value("h_count")}
+
+    def exposed_by_buckets(self, bounds, values) -> dict[str, float]:
+        buckets = Buckets(bounds)
+        for value in values:
+            buckets.observe(value)
+        cumulative = buckets.cumulative()
+        return dict(cumulative) | {"sum": buckets.total, "count": cumulative[-1][1]}
+
+    def test_values_on_between_and_beyond_the_bounds_agree_with_prometheus_client(self) -> None:
+        import random
+
+        rng = random.Random(7)
+        for bounds in (DURATION_BUCKETS, TOKEN_BUCKETS):
+            values = [0, bounds[0], bounds[-1], bounds[-1] * 2, *bounds]
+            values += [rng.uniform(0, bounds[-1] * 1.5) for _ in range(500)]
+            values += [rng.randrange(0, int(bounds[-1])) for _ in range(200)]
+            ours = self.exposed_by_buckets(bounds, values)
+            theirs = self.exposed_by_prometheus_client(bounds, values)
+            self.assertEqual(ours.keys(), theirs.keys())
+            for key in theirs:
+                self.assertAlmostEqual(ours[key], theirs[key], places=6, msg=key)
+
+    def test_a_value_on_a_bound_is_in_that_bucket(self) -> None:
+        buckets = Buckets((1.0, 2.0))
+        buckets.observe(1.0)
+        buckets.observe(2.5)
+        self.assertEqual(buckets.cumulative(), [("1.0", 1), ("2.0", 1), ("+Inf", 2)])
+        self.assertEqual(buckets.total, 3.5)
 
 
 class ModelCapTests(SynchronousTestCase):
