@@ -105,6 +105,26 @@ class Buckets:
         return out
 
 
+class ModelFigures:
+    """
+    The histograms of one (provider, model): found with one lookup per call.
+    Token histograms appear once a call reports that kind of token.
+    """
+
+    __slots__ = ("duration", "ttft", "tokens")
+
+    def __init__(self) -> None:
+        self.duration = Buckets(DURATION_BUCKETS)
+        self.ttft = Buckets(TTFT_BUCKETS)
+        self.tokens: dict[str, Buckets] = {}
+
+    def observe_tokens(self, kind: str, count: int) -> None:
+        counts = self.tokens.get(kind)
+        if counts is None:
+            counts = self.tokens[kind] = Buckets(TOKEN_BUCKETS)
+        counts.observe(count)
+
+
 def status_class(exchange: Exchange) -> str:
     response = exchange.response
     if response is not None and response.status is not None:
@@ -140,11 +160,9 @@ class Metrics(Middleware):
         self.ttfb = Summary()
         self.overhead = Summary()
         self._models: set[str] = set()
-        # Prometheus histograms by label values: (provider, model) for
-        # durations, (provider, model, token type) for tokens.
-        self.durations: dict[tuple[str, str], tuple[Buckets, Buckets]] = {}
+        # Prometheus histograms, by (provider, model) but the overhead's.
+        self.by_model: dict[tuple[str, str], ModelFigures] = {}
         self.overheads = Buckets(OVERHEAD_BUCKETS)
-        self.token_counts: dict[tuple[str, str, str], Buckets] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_CountedCollector(self))
         self.registry.register(_LiveCollector(self))
@@ -159,36 +177,31 @@ class Metrics(Middleware):
             self.client_disconnects += 1
         elif exchange.error_kind is not None and exchange.error_kind not in LOCAL_KINDS:
             self.errors[exchange.error_kind] += 1
-        key = (provider, model)
-        durations = self.durations.get(key)
-        if durations is None:
-            durations = self.durations[key] = (Buckets(DURATION_BUCKETS), Buckets(TTFT_BUCKETS))
+        figures = self.by_model.get((provider, model))
+        if figures is None:
+            figures = self.by_model[(provider, model)] = ModelFigures()
         duration = exchange.duration
         if duration is not None:
             self.duration.observe(duration)
-            durations[0].observe(duration)
+            figures.duration.observe(duration)
         ttfb = exchange.ttfb
         if ttfb is not None:
             self.ttfb.observe(ttfb)
-            durations[1].observe(ttfb)
+            figures.ttft.observe(ttfb)
         overhead = exchange.overhead
         if overhead is not None:
             self.overhead.observe(overhead)
             self.overheads.observe(overhead)
         usage = exchange.usage
         if usage:
-            for field, kind in (("input_tokens", "input"), ("output_tokens", "output")):
-                count = usage.get(field)
-                if count is not None:
-                    self.tokens[(model, kind)] += count
-                    self._tokens_of(provider, model, kind).observe(count)
-
-    def _tokens_of(self, provider: str, model: str, kind: str) -> Buckets:
-        key = (provider, model, kind)
-        counts = self.token_counts.get(key)
-        if counts is None:
-            counts = self.token_counts[key] = Buckets(TOKEN_BUCKETS)
-        return counts
+            count = usage.get("input_tokens")
+            if count is not None:
+                self.tokens[(model, "input")] += count
+                figures.observe_tokens("input", count)
+            count = usage.get("output_tokens")
+            if count is not None:
+                self.tokens[(model, "output")] += count
+                figures.observe_tokens("output", count)
 
     def _model(self, model: str | None) -> str:
         if model is None:
@@ -325,9 +338,9 @@ class _CountedCollector:
             "Time from request received to the answer's first byte.",
             labels=model_labels,
         )
-        for labels, (of_duration, of_ttft) in metrics.durations.items():
-            duration.add_metric(list(labels), of_duration.cumulative(), of_duration.total)
-            ttft.add_metric(list(labels), of_ttft.cumulative(), of_ttft.total)
+        for labels, figures in metrics.by_model.items():
+            duration.add_metric(list(labels), figures.duration.cumulative(), figures.duration.total)
+            ttft.add_metric(list(labels), figures.ttft.cumulative(), figures.ttft.total)
         yield duration
         yield ttft
         overhead = HistogramMetricFamily(
@@ -340,8 +353,9 @@ class _CountedCollector:
             "gen_ai_client_token_usage", "Tokens per call, by type (input, output).",
             labels=[*model_labels, "gen_ai_token_type"],
         )
-        for labels, counts in metrics.token_counts.items():
-            tokens.add_metric(list(labels), counts.cumulative(), counts.total)
+        for (provider, model), figures in metrics.by_model.items():
+            for kind, counts in figures.tokens.items():
+                tokens.add_metric([provider, model, kind], counts.cumulative(), counts.total)
         yield tokens
 
 
