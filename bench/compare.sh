@@ -21,6 +21,8 @@
 # nginx; gateways on the next ports), BENCH_GATEWAY_CPU (0), BENCH_LOAD_CPU (1),
 # VENV.  Only 127.0.0.1.  A full run (7 configs x 3 x 8 s) takes 3.5-5 minutes.
 set -euo pipefail
+# Numbers are parsed from `times`, awk and /proc: one decimal point, whatever the locale.
+export LC_ALL=C
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"

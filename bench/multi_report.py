@@ -75,7 +75,9 @@ def load(path):
             busy0, total0 = c["cpu0"]
             run["other0"] = max(0.0, (busy0 - c["gw_ticks"]) / total0) if total0 else None
             # Part of other0: what the hypervisor took (older results lack it).
-            run["steal0"] = c["steal0"] / total0 if total0 and "steal0" in c else None
+            run["steal0"] = (
+                min(c["steal0"] / total0, run["other0"]) if total0 and "steal0" in c else None
+            )
             busy, total = c["cpu"]
             load_ticks = c["nginx_ticks"] + c["wrk_cpu_s"] * hz
             # /proc/stat, nginx and wrk figures span the run up to the point

@@ -22,6 +22,8 @@
 # the gateway's CPU), BENCH_REPS, BENCH_BIG_MB,
 # BENCH_RATE_MB (4), VENV (.venv).  Only 127.0.0.1 is ever used.
 set -euo pipefail
+# Numbers are parsed from `times`, awk and /proc: one decimal point, whatever the locale.
+export LC_ALL=C
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"

@@ -23,6 +23,8 @@
 # Environment: BENCH_WORKERS_PORT (18290: nginx; gateways on the next two
 # ports), VENV.  Only 127.0.0.1.  A full run takes about 3 minutes.
 set -euo pipefail
+# Numbers are parsed from `times`, awk and /proc: one decimal point, whatever the locale.
+export LC_ALL=C
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"

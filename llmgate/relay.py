@@ -122,7 +122,9 @@ class Relay(Protocol):
     # -- IPushProducer: the client side ---------------------------------------
 
     def pauseProducing(self) -> None:
-        if self.stopped or self.transport is None:
+        if self.stopped or self.transport is None or self._paused:
+            # Twisted pauses again on every write to a full buffer: the
+            # client's time runs from the first pause.
             return
         self._paused = True
         # The upstream is not silent, the client is not reading: time the

@@ -135,6 +135,13 @@ class RelayTests(SynchronousTestCase):
         self.assertIsNone(self.consumer.producer)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_pausing_again_does_not_give_the_client_more_time(self) -> None:
+        self.relay.pauseProducing()
+        self.clock.advance(6)
+        self.relay.pauseProducing()
+        self.clock.advance(4)
+        self.assertIsInstance(self.successResultOf(self.relay.done), ClientStalled)
+
     def test_a_slow_client_that_keeps_reading_is_never_cut(self) -> None:
         for _ in range(20):
             self.relay.pauseProducing()
