@@ -178,17 +178,8 @@ cpu_line() {  # "busy total" jiffies of /proc/stat line $1 (cpu, cpu0, cpu1)
 steal_of() {  # jiffies the hypervisor took from /proc/stat line $1 (part of cpu_line's busy)
     awk -v c="$1" '$1 == c { print $9 }' /proc/stat
 }
-# This shell's waited-for children's CPU seconds (wrk, through timeout) into
-# CHILD_S: `times` must run in this shell, not in a $(...) subshell, whose
-# counters start at 0.
-CHILD_S=0
-children_seconds() {
-    times >"$WORK/times.txt"
-    CHILD_S="$(tail -1 "$WORK/times.txt" | awk '{
-        n = 0
-        for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] }
-        printf "%.3f\n", n }')"
-}
+# children_seconds: this shell's waited-for children's CPU (wrk, through timeout).
+. "$HERE/children_cpu.sh"
 # Wait until the gateway's CPU time stops moving (a trace writer thread
 # catching up after wrk stopped), at most 5 s, so its work is counted.
 settle() {  # settle PID

@@ -213,17 +213,8 @@ cpu_busy_total() {  # "busy total steal" jiffies of CPU $1
 proc_jiffies() {  # utime + stime of PID $1
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-# CPU used by this shell's finished children (and theirs), in jiffies, into
-# $CHILD_JIFFIES: `times` must run in this shell, not in a pipe or $(...).
-CHILD_JIFFIES=0
-children_jiffies() {
-    times >"$WORK/times.txt"
-    CHILD_JIFFIES="$(awk 'NR == 2 {
-        n = 0
-        for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); n += 100 * (60 * p[1] + p[2]) }
-        printf "%d", n
-    }' "$WORK/times.txt")"
-}
+. "$HERE/children_cpu.sh"
+CLK_TCK="$(getconf CLK_TCK)"
 # noise_begin PID [client]: with "client", what this shell's children use
 # meanwhile (a client run on the gateway's CPU) counts as the measurement's own.
 NOISE_START=""
@@ -231,16 +222,17 @@ NOISE_CLIENT=0
 noise_begin() {
     NOISE_CLIENT=0
     [ "${2:-}" = client ] && NOISE_CLIENT=1
-    children_jiffies
-    NOISE_START="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1") $CHILD_JIFFIES"
+    children_seconds
+    NOISE_START="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1") $CHILD_S"
 }
 noise_end() {  # noise_end PID CASE TARGET REP
     local now
-    children_jiffies
-    now="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1") $CHILD_JIFFIES"
-    echo "$NOISE_START $now" | awk -v c="$2" -v t="$3" -v r="$4" -v client="$NOISE_CLIENT" '{
+    children_seconds
+    now="$(cpu_busy_total "$GW_CPU") $(proc_jiffies "$1") $CHILD_S"
+    echo "$NOISE_START $now" | awk -v c="$2" -v t="$3" -v r="$4" -v client="$NOISE_CLIENT" \
+        -v hz="$CLK_TCK" '{
         busy = $6 - $1; total = $7 - $2; steal = $8 - $3; own = $9 - $4
-        if (client) own += $10 - $5
+        if (client) own += ($10 - $5) * hz
         other = 0; mine = 0; stolen = 0
         if (total > 0) { other = 100 * (busy - own) / total; mine = 100 * own / total; stolen = 100 * steal / total }
         if (other < 0) other = 0

@@ -339,15 +339,8 @@ class Call:
             # It reads nothing, so no end of the answer could reach it: cut it.
             exchange.client_gone = True
             exchange.error, exchange.error_kind = str(reason), "client_stalled"
-            self.log.warn(
-                "{method} {path}: {message}; connection closed",
-                method=exchange.request.method.decode("ascii", "replace"),
-                path=exchange.request.path.decode("ascii", "replace"),
-                message=str(reason),
-                exchange_id=exchange.id,
-            )
-            self._complete()
-            self.request.channel.transport.abortConnection()
+            self._warn(f"{reason}; connection closed")
+            self._cut_client()
             return
         kind = classify(Failure(reason))
         record = exchange.response
@@ -356,13 +349,7 @@ class Call:
         else:
             message = "upstream connection lost mid-answer"
         exchange.error, exchange.error_kind = message, kind
-        self.log.warn(
-            "{method} {path}: {message}",
-            method=exchange.request.method.decode("ascii", "replace"),
-            path=exchange.request.path.decode("ascii", "replace"),
-            message=message,
-            exchange_id=exchange.id,
-        )
+        self._warn(message)
         if record is not None and record.streaming:
             # The SDKs raise on this event; the stream then ends.
             self.request.write(self.forwarder.provider.error_event(message, kind))
@@ -370,8 +357,24 @@ class Call:
         else:
             # A plain body cut short: end the client's connection without the
             # terminating chunk, so it cannot mistake this for a whole answer.
-            self._complete()
-            self.request.channel.transport.abortConnection()
+            self._cut_client()
+
+    def _warn(self, message: str) -> None:
+        request = self.exchange.request
+        self.log.warn(
+            "{method} {path}: {message}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+            message=message,
+            exchange_id=self.exchange.id,
+        )
+
+    def _cut_client(self) -> None:
+        """
+        End the exchange and abort the client's connection mid-answer.
+        """
+        self._complete()
+        self.request.channel.transport.abortConnection()
 
     # -- endings ---------------------------------------------------------------
 

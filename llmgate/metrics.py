@@ -162,10 +162,9 @@ class Metrics(Middleware):
         self._models: set[str] = set()
         # Prometheus histograms, by (provider, model) but the overhead's.
         self.by_model: dict[tuple[str, str], ModelFigures] = {}
-        self.overheads = Buckets(OVERHEAD_BUCKETS)
+        self.overhead_buckets = Buckets(OVERHEAD_BUCKETS)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_CountedCollector(self))
-        self.registry.register(_LiveCollector(self))
+        self.registry.register(_Collector(self))
 
     # -- the middleware ------------------------------------------------------
 
@@ -191,7 +190,7 @@ class Metrics(Middleware):
         overhead = exchange.overhead
         if overhead is not None:
             self.overhead.observe(overhead)
-            self.overheads.observe(overhead)
+            self.overhead_buckets.observe(overhead)
         usage = exchange.usage
         if usage:
             count = usage.get("input_tokens")
@@ -296,9 +295,9 @@ def wants_prometheus(query_format: bytes | None, accept: bytes | None) -> bool:
     return prometheus > 0 and prometheus > json_q
 
 
-class _CountedCollector:
+class _Collector:
     """
-    What :meth:`Metrics.exchange_finished` counted, as Prometheus families.
+    Everything ``/metrics`` exposes in Prometheus text, built at scrape time.
     """
 
     def __init__(self, metrics: Metrics) -> None:
@@ -308,110 +307,110 @@ class _CountedCollector:
         return []
 
     def collect(self) -> Iterable[Any]:
-        metrics = self.metrics
-        requests = CounterMetricFamily(
-            "llmgate_requests", "Calls relayed, by provider, model and status class.",
-            labels=["provider", "model", "status_class"],
-        )
-        for labels, count in metrics.requests.items():
-            requests.add_metric(list(labels), count)
-        yield requests
-        errors = CounterMetricFamily(
-            "llmgate_upstream_errors", "Failed calls by kind.", labels=["kind"]
-        )
-        for kind, count in metrics.errors.items():
-            errors.add_metric([kind], count)
-        yield errors
-        yield _counter(
-            "llmgate_client_disconnects",
-            "Calls the client left, or stopped reading, before the answer ended.",
-            metrics.client_disconnects,
-        )
-        model_labels = ["gen_ai_system", "gen_ai_request_model"]
-        duration = HistogramMetricFamily(
-            "gen_ai_client_operation_duration_seconds",
-            "Call duration, from request received to the answer's end.",
-            labels=model_labels,
-        )
-        ttft = HistogramMetricFamily(
-            "gen_ai_server_time_to_first_token_seconds",
-            "Time from request received to the answer's first byte.",
-            labels=model_labels,
-        )
-        for labels, figures in metrics.by_model.items():
-            duration.add_metric(list(labels), figures.duration.cumulative(), figures.duration.total)
-            ttft.add_metric(list(labels), figures.ttft.cumulative(), figures.ttft.total)
-        yield duration
-        yield ttft
-        overhead = HistogramMetricFamily(
-            "llmgate_overhead_seconds",
-            "Time spent in the gateway itself, the upstream's time excluded.",
-        )
-        overhead.add_metric([], metrics.overheads.cumulative(), metrics.overheads.total)
-        yield overhead
-        tokens = HistogramMetricFamily(
-            "gen_ai_client_token_usage", "Tokens per call, by type (input, output).",
-            labels=[*model_labels, "gen_ai_token_type"],
-        )
-        for (provider, model), figures in metrics.by_model.items():
-            for kind, counts in figures.tokens.items():
-                tokens.add_metric([provider, model, kind], counts.cumulative(), counts.total)
-        yield tokens
+        yield from _counted(self.metrics)
+        yield from _live(self.metrics)
 
 
-class _LiveCollector:
+def _counted(metrics: Metrics) -> Iterable[Any]:
+    """
+    What :meth:`Metrics.exchange_finished` counted.
+    """
+    requests = CounterMetricFamily(
+        "llmgate_requests", "Calls relayed, by provider, model and status class.",
+        labels=["provider", "model", "status_class"],
+    )
+    for labels, count in metrics.requests.items():
+        requests.add_metric(list(labels), count)
+    yield requests
+    yield _counters("llmgate_upstream_errors", "Failed calls by kind.", "kind", metrics.errors)
+    yield _counter(
+        "llmgate_client_disconnects",
+        "Calls the client left, or stopped reading, before the answer ended.",
+        metrics.client_disconnects,
+    )
+    model_labels = ["gen_ai_system", "gen_ai_request_model"]
+    duration = HistogramMetricFamily(
+        "gen_ai_client_operation_duration_seconds",
+        "Call duration, from request received to the answer's end.",
+        labels=model_labels,
+    )
+    ttft = HistogramMetricFamily(
+        "gen_ai_server_time_to_first_token_seconds",
+        "Time from request received to the answer's first byte.",
+        labels=model_labels,
+    )
+    for labels, figures in metrics.by_model.items():
+        duration.add_metric(list(labels), figures.duration.cumulative(), figures.duration.total)
+        ttft.add_metric(list(labels), figures.ttft.cumulative(), figures.ttft.total)
+    yield duration
+    yield ttft
+    overhead = HistogramMetricFamily(
+        "llmgate_overhead_seconds",
+        "Time spent in the gateway itself, the upstream's time excluded.",
+    )
+    buckets = metrics.overhead_buckets
+    overhead.add_metric([], buckets.cumulative(), buckets.total)
+    yield overhead
+    tokens = HistogramMetricFamily(
+        "gen_ai_client_token_usage", "Tokens per call, by type (input, output).",
+        labels=[*model_labels, "gen_ai_token_type"],
+    )
+    for (provider, model), figures in metrics.by_model.items():
+        for kind, counts in figures.tokens.items():
+            tokens.add_metric([provider, model, kind], counts.cumulative(), counts.total)
+    yield tokens
+
+
+def _live(metrics: Metrics) -> Iterable[Any]:
     """
     Figures read at scrape time rather than counted: gauges, and counters
     kept by other parts (traces, sessions, middleware errors).
     """
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> Iterable[Any]:
-        return []
-
-    def collect(self) -> Iterable[Any]:
-        metrics = self.metrics
-        view = metrics.json_view()
-        yield _gauge("llmgate_requests_in_flight", "Calls in progress.", view["requests_in_flight"])
-        yield _gauge("llmgate_streams_open", "Streamed answers in progress.", view["streams_open"])
-        yield _gauge("llmgate_worker_info", "Which worker process answered.", 1, {"worker": metrics.worker})
-        refused = CounterMetricFamily(
-            "llmgate_requests_refused", "Requests refused by the gateway, by reason.", labels=["reason"]
-        )
-        for reason, count in view["requests_refused"].items():
-            refused.add_metric([reason], count)
-        yield refused
-        for key, help_text in (
-            ("written", "Trace files written."),
-            ("failed", "Trace writes that failed."),
-            ("dropped", "Traces dropped because the write queue was full."),
+    view = metrics.json_view()
+    yield _gauge("llmgate_requests_in_flight", "Calls in progress.", view["requests_in_flight"])
+    yield _gauge("llmgate_streams_open", "Streamed answers in progress.", view["streams_open"])
+    yield _gauge("llmgate_worker_info", "Which worker process answered.", 1, {"worker": metrics.worker})
+    yield _counters(
+        "llmgate_requests_refused", "Requests refused by the gateway, by reason.", "reason",
+        view["requests_refused"],
+    )
+    for key, help_text in (
+        ("written", "Trace files written."),
+        ("failed", "Trace writes that failed."),
+        ("dropped", "Traces dropped because the write queue was full."),
+    ):
+        yield _counter(f"llmgate_trace_{key}", help_text, view["traces"][key])
+    yield _counters(
+        "llmgate_middleware_errors", "Middleware hooks that raised.", "middleware",
+        view["middleware_errors"],
+    )
+    sessions = view["sessions"]
+    if sessions:
+        yield _gauge("llmgate_sessions_active", "Sessions alive.", sessions.get("active_sessions", 0))
+        for key, name in (
+            ("sessions_created", "llmgate_sessions_created"),
+            ("sessions_expired", "llmgate_sessions_expired"),
+            ("sessions_evicted", "llmgate_sessions_evicted"),
+            ("cache_hits", "llmgate_session_cache_hits"),
+            ("cache_misses", "llmgate_session_cache_misses"),
+            ("fuzzy_matches", "llmgate_session_fuzzy_matches"),
         ):
-            yield _counter(f"llmgate_trace_{key}", help_text, view["traces"][key])
-        errors = CounterMetricFamily(
-            "llmgate_middleware_errors", "Middleware hooks that raised.", labels=["middleware"]
-        )
-        for name, count in view["middleware_errors"].items():
-            errors.add_metric([name], count)
-        yield errors
-        sessions = view["sessions"]
-        if sessions:
-            yield _gauge("llmgate_sessions_active", "Sessions alive.", sessions.get("active_sessions", 0))
-            for key, name in (
-                ("sessions_created", "llmgate_sessions_created"),
-                ("sessions_expired", "llmgate_sessions_expired"),
-                ("sessions_evicted", "llmgate_sessions_evicted"),
-                ("cache_hits", "llmgate_session_cache_hits"),
-                ("cache_misses", "llmgate_session_cache_misses"),
-                ("fuzzy_matches", "llmgate_session_fuzzy_matches"),
-            ):
-                yield _counter(name, f"Session figure {key}.", sessions.get(key, 0))
+            yield _counter(name, f"Session figure {key}.", sessions.get(key, 0))
 
 
 def _gauge(name: str, help_text: str, value: float, labels: Mapping[str, str] | None = None) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, help_text, labels=list(labels or {}))
     family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def _counters(name: str, help_text: str, label: str, counts: Mapping[str, float]) -> CounterMetricFamily:
+    """
+    One counter family with a series per value of ``label``.
+    """
+    family = CounterMetricFamily(name, help_text, labels=[label])
+    for value, count in counts.items():
+        family.add_metric([value], count)
     return family
 
 

@@ -90,7 +90,7 @@ class Relay(Protocol):
     def connectionMade(self) -> None:
         self._consumer.registerProducer(self, True)
         self._registered = True
-        self._idle = self._clock.callLater(self._idle_timeout, self._timedOut)
+        self._arm(self._timedOut)
 
     def dataReceived(self, data: bytes) -> None:
         if self.stopped:
@@ -129,16 +129,14 @@ class Relay(Protocol):
         self._paused = True
         # The upstream is not silent, the client is not reading: time the
         # client instead.
-        self._cancelIdle()
-        self._idle = self._clock.callLater(self._idle_timeout, self._stalled)
+        self._arm(self._stalled)
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self.stopped or self.transport is None:
             return
         self._paused = False
-        self._cancelIdle()
-        self._idle = self._clock.callLater(self._idle_timeout, self._timedOut)
+        self._arm(self._timedOut)
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -183,6 +181,13 @@ class Relay(Protocol):
         if self.transport is not None:
             self.transport.stopProducing()
         self.done.callback(reason)
+
+    def _arm(self, expired: Callable[[], None]) -> None:
+        """
+        Run ``expired`` after the idle timeout, in place of any timer set.
+        """
+        self._cancelIdle()
+        self._idle = self._clock.callLater(self._idle_timeout, expired)
 
     def _cancelIdle(self) -> None:
         if self._idle is not None:

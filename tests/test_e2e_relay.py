@@ -770,11 +770,15 @@ def test_upstream_idle_mid_stream_ends_the_stream_with_an_idle_error_event(make_
 # -- backpressure --------------------------------------------------------------------------------
 
 
-@pytest_twisted.inlineCallbacks
-def test_a_paused_client_pauses_the_upstream_and_then_gets_every_byte(make_gateway, upstream):
-    megabytes = 64
-    total = megabytes * 1024 * 1024
-    gateway = make_gateway()
+@inlineCallbacks
+def paused_big_stream(gateway: Any, upstream: Any, megabytes: int) -> Any:
+    """
+    Start a ``/big-stream-counted`` of ``megabytes`` MiB through ``gateway``
+    and pause the client's own TCP transport (after ``deliverBody``, which
+    resumes it): from then on the gateway's writes to this client back up.
+    Returns the response, its ``CountingReader``, the upstream's stream and
+    the client's pool.
+    """
     agent, pool = raw_agent()
     response = yield within(
         agent.request(
@@ -784,13 +788,19 @@ def test_a_paused_client_pauses_the_upstream_and_then_gets_every_byte(make_gatew
             FileBodyProducer(BytesIO(json.dumps({"megabytes": megabytes}).encode())),
         )
     )
-    assert response.code == 200
     reader = CountingReader()
     response.deliverBody(reader)
-    # Pause the client's own TCP transport (after deliverBody, which resumes
-    # it): from here on the gateway's writes to this client back up.
     reader.transport.pauseProducing()
-    stream = upstream.resource.big_streams[-1]
+    return response, reader, upstream.resource.big_streams[-1], pool
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_paused_client_pauses_the_upstream_and_then_gets_every_byte(make_gateway, upstream):
+    megabytes = 64
+    total = megabytes * 1024 * 1024
+    gateway = make_gateway()
+    response, reader, stream, pool = yield paused_big_stream(gateway, upstream, megabytes)
+    assert response.code == 200
     # Wait until the upstream has stopped writing: every buffer on the way is
     # full and the pause has reached it.
     deadline = reactor.seconds() + 10
@@ -813,19 +823,7 @@ def test_a_paused_client_pauses_the_upstream_and_then_gets_every_byte(make_gatew
 @pytest_twisted.inlineCallbacks
 def test_a_paused_client_that_disconnects_still_aborts_the_upstream(make_gateway, upstream):
     gateway = make_gateway()
-    agent, pool = raw_agent()
-    response = yield within(
-        agent.request(
-            b"POST",
-            (gateway.url + "/big-stream-counted").encode(),
-            Headers({b"content-type": [b"application/json"]}),
-            FileBodyProducer(BytesIO(b'{"megabytes": 64}')),
-        )
-    )
-    reader = CountingReader()
-    response.deliverBody(reader)
-    reader.transport.pauseProducing()
-    stream = upstream.resource.big_streams[-1]
+    response, reader, stream, pool = yield paused_big_stream(gateway, upstream, 64)
     yield wait_until(lambda: stream.paused)
     assert len(gateway.parts.forwarder.open_calls) == 1
     lost = upstream.resource.notify_stream_lost()
@@ -841,19 +839,7 @@ def test_a_client_reading_nothing_for_the_idle_timeout_is_cut_and_the_upstream_d
     make_gateway, upstream
 ):
     gateway = make_gateway(llm__idle_timeout=0.5)
-    agent, pool = raw_agent()
-    response = yield within(
-        agent.request(
-            b"POST",
-            (gateway.url + "/big-stream-counted").encode(),
-            Headers({b"content-type": [b"application/json"]}),
-            FileBodyProducer(BytesIO(b'{"megabytes": 64}')),
-        )
-    )
-    reader = CountingReader()
-    response.deliverBody(reader)
-    reader.transport.pauseProducing()
-    stream = upstream.resource.big_streams[-1]
+    response, reader, stream, pool = yield paused_big_stream(gateway, upstream, 64)
     lost = upstream.resource.notify_stream_lost()
     yield wait_until(lambda: stream.paused)
     # The client holds its connection open and reads nothing: after the idle
