@@ -23,7 +23,7 @@ from llmgate import __version__
 from llmgate.auth import presented_token, token_allowed
 from llmgate.forward import Forwarder
 from llmgate.metrics import Metrics, wants_prometheus
-from llmgate.server import GatewayRequest
+from llmgate.http.server import GatewayRequest
 
 #: The gateway's own endpoints; every other path is relayed upstream.
 OWN_PATHS = frozenset({b"/health", b"/config", b"/metrics"})

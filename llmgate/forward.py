@@ -7,7 +7,7 @@ The forwarder drives an ``IAgent`` itself rather than through
 ``treq.HTTPClient.request``, which always adds a shared cookie jar, redirect
 following and gzip decoding: a proxy must store no cookie between clients,
 follow no redirect and pass bodies through intact.  The running gateway's
-agent is :class:`llmgate.upstream.UpstreamAgent`; tests drive the same code
+agent is :class:`llmgate.http.upstream.UpstreamAgent`; tests drive the same code
 with ``treq.testing``'s in-memory agent.
 """
 
@@ -27,15 +27,15 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from llmgate.config import GatewayConfig
-from llmgate.deadlines import Deadlines
+from llmgate.http.deadlines import Deadlines
 from llmgate.exchange import Exchange, LocalAnswer, RequestRecord, ResponseRecord, new_exchange_id
-from llmgate.headers import inbound_response_headers, outbound_request_headers
+from llmgate.http.headers import inbound_response_headers, outbound_request_headers
 from llmgate.observe import Observer
 from llmgate.pipeline import Pipeline
 from llmgate.providers import CREDENTIAL_HEADERS, Provider
-from llmgate.relay import ClientGone, ClientStalled, Relay, StreamIdle
+from llmgate.http.relay import ClientGone, ClientStalled, Relay, StreamIdle
 from llmgate.streamusage import UsageChunkHider, request_usage
-from llmgate.upstream import BODY_METHODS
+from llmgate.http.upstream import BODY_METHODS
 
 
 

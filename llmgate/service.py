@@ -30,11 +30,11 @@ from llmgate.metrics import Metrics
 from llmgate.middleware.registry import build_middlewares
 from llmgate.pipeline import Pipeline
 from llmgate.providers import provider_for
-from llmgate.server import GatewaySite
+from llmgate.http.server import GatewaySite
 from llmgate.sessions.detect import SessionDetector
 from llmgate.sessions.memory import MemorySessionStore
 from llmgate.sessions.stage import SessionStage
-from llmgate.upstream import make_upstream, tls_policy
+from llmgate.http.upstream import make_upstream, tls_policy
 
 
 def make_session_store(config: GatewayConfig, reactor: Any) -> Any:

@@ -1,5 +1,5 @@
 """
-Tests for llmgate.deadlines: many timeouts of one length on one timer.
+Tests for llmgate.http.deadlines: many timeouts of one length on one timer.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from llmgate.deadlines import Deadlines
+from llmgate.http.deadlines import Deadlines
 
 
 class DeadlinesTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for llmgate.headers: which headers cross the gateway.
+Tests for llmgate.http.headers: which headers cross the gateway.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from llmgate.headers import inbound_response_headers, outbound_request_headers
+from llmgate.http.headers import inbound_response_headers, outbound_request_headers
 from llmgate.providers import ANTHROPIC, CREDENTIAL_HEADERS, OPENAI
 
 

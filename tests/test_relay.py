@@ -1,5 +1,5 @@
 """
-Tests for llmgate.relay: the body protocol and push producer in one.
+Tests for llmgate.http.relay: the body protocol and push producer in one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from llmgate.relay import ClientGone, ClientStalled, Relay, StreamIdle
+from llmgate.http.relay import ClientGone, ClientStalled, Relay, StreamIdle
 
 
 class FakeConsumer:

@@ -1,5 +1,5 @@
 """
-Tests for llmgate.sendnow: writes sent at once, in order, and Twisted's path
+Tests for llmgate.http.sendnow: writes sent at once, in order, and Twisted's path
 for everything else.
 """
 
@@ -39,21 +39,21 @@ class SendNowTests(SynchronousTestCase):
         return transport
 
     def test_sent_at_once_when_nothing_is_queued(self) -> None:
-        from llmgate.sendnow import send_now
+        from llmgate.http.sendnow import send_now
 
         transport = self.transport(len)
         send_now(transport, b"GET / HTTP/1.1\r\n\r\n")
         self.assertEqual((transport.sent, transport.queued), ([b"GET / HTTP/1.1\r\n\r\n"], []))
 
     def test_what_the_socket_does_not_take_is_queued(self) -> None:
-        from llmgate.sendnow import send_now
+        from llmgate.http.sendnow import send_now
 
         transport = self.transport(lambda data: 3)
         send_now(transport, b"abcdef")
         self.assertEqual((transport.sent, transport.queued), ([b"abc"], [b"def"]))
 
     def test_queued_bytes_keep_their_order(self) -> None:
-        from llmgate.sendnow import send_now
+        from llmgate.http.sendnow import send_now
 
         transport = self.transport(len)
         transport._tempDataLen = 5
@@ -63,14 +63,14 @@ class SendNowTests(SynchronousTestCase):
     def test_an_error_is_left_to_twisted(self) -> None:
         from twisted.internet.main import CONNECTION_LOST
 
-        from llmgate.sendnow import send_now
+        from llmgate.http.sendnow import send_now
 
         transport = self.transport(lambda data: CONNECTION_LOST)
         send_now(transport, b"data")
         self.assertEqual(transport.queued, [b"data"])
 
     def test_other_transports_take_their_own_path(self) -> None:
-        from llmgate.sendnow import send_now
+        from llmgate.http.sendnow import send_now
 
         transport = StringTransport()
         send_now(transport, b"data")

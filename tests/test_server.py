@@ -1,5 +1,5 @@
 """
-Tests for llmgate.server: the request body limit, on a real HTTP channel
+Tests for llmgate.http.server: the request body limit, on a real HTTP channel
 over a ``StringTransport``.
 """
 
@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from llmgate.providers import ANTHROPIC, OPENAI
-from llmgate.server import GatewaySite
+from llmgate.http.server import GatewaySite
 
 
 def connect(site: GatewaySite, transport: StringTransport | None = None):

@@ -1,5 +1,5 @@
 """
-Tests for llmgate.upstream: the HTTP/1.1 client the gateway sends with.
+Tests for llmgate.http.upstream: the HTTP/1.1 client the gateway sends with.
 
 Driven byte by byte over ``StringTransport`` with a ``MemoryReactorClock``:
 what goes on the wire, how every kind of answer is framed, when a
@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from llmgate.forward import BytesProducer
-from llmgate.upstream import STALE_WINDOW, Origin, UpstreamAgent, UpstreamPool
+from llmgate.http.upstream import STALE_WINDOW, Origin, UpstreamAgent, UpstreamPool
 
 BASE = b"http://upstream.test:8000/api"
 

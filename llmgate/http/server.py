@@ -19,7 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from llmgate.providers import Provider
-from llmgate.sendnow import send_now
+from llmgate.http.sendnow import send_now
 
 
 #: A request line taken whole: a token method, an origin-form or other

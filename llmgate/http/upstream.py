@@ -50,7 +50,7 @@ from twisted.web.iweb import (
 from zope.interface import implementer
 
 from llmgate.config import GatewayConfig
-from llmgate.sendnow import send_now
+from llmgate.http.sendnow import send_now
 
 #: A reused connection that fails this soon after a request was written to it
 #: was closed by the upstream while idle: the request never reached it.

@@ -1,0 +1,12 @@
+"""
+The wire: bytes to requests and answers, and back.
+
+- :mod:`llmgate.http.server`: the client side, a one-step request parser in
+  front of twisted.web's channel.
+- :mod:`llmgate.http.upstream`: the HTTP/1.1 client llmgate sends with, and
+  its connection pool.
+- :mod:`llmgate.http.relay`: an answer's body relayed with backpressure.
+- :mod:`llmgate.http.headers`: which headers cross the gateway.
+- :mod:`llmgate.http.sendnow`, :mod:`llmgate.http.deadlines`: writes sent at
+  once, and many timeouts of one length on one timer.
+"""
