@@ -39,6 +39,15 @@ ENVIRONMENT = {
     "LOG_LEVEL": "logging.level",
 }
 
+#: OpenTelemetry's own variables: below the file's ``telemetry.otlp`` values
+#: (the usual precedence of a file over the SDK's environment), and read only
+#: when that section is there: they never turn telemetry on by themselves.
+OTEL_ENVIRONMENT = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "endpoint",
+    "OTEL_EXPORTER_OTLP_HEADERS": "headers",
+    "OTEL_SERVICE_NAME": "service_name",
+}
+
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -181,6 +190,32 @@ class ManholeConfig:
 
 
 @attrs.frozen
+class OTLPConfig:
+    """
+    Where and how spans are exported (OTLP over HTTP, protobuf).
+    """
+
+    #: The collector's base URL; ``/v1/traces`` is appended.
+    endpoint: str = "http://127.0.0.1:4318"
+    #: Sent with every export (an API key for a hosted backend): secrets.
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    service_name: str = "llmgate"
+    sample_ratio: float = 1.0
+    #: Messages as span events; off by default (they are the users' words).
+    capture_content: bool = False
+    #: Seconds one export may take, retries included.
+    timeout: float = 10.0
+    #: Spans waiting for export at most; beyond, new ones are dropped and counted.
+    max_queue: int = 2048
+
+
+@attrs.frozen
+class TelemetryConfig:
+    #: None: telemetry is off.
+    otlp: OTLPConfig | None = None
+
+
+@attrs.frozen
 class GatewayConfig:
     server: ServerConfig = ServerConfig()
     llm: LLMConfig = LLMConfig()
@@ -191,6 +226,7 @@ class GatewayConfig:
     usage: UsageConfig = UsageConfig()
     manhole: ManholeConfig = ManholeConfig()
     auth: AuthConfig = AuthConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     #: Where the file part came from, for messages; None when there was none.
     source: str | None = None
 
@@ -208,6 +244,11 @@ class GatewayConfig:
             "client_tokens": len(self.auth.token_hashes),
             "admin_tokens": len(self.auth.admin_token_hashes),
         }
+        otlp = self.telemetry.otlp
+        if otlp is not None:
+            shown = data["telemetry"]["otlp"]
+            shown["endpoint"] = _redact_url(otlp.endpoint)
+            shown["headers"] = {name: "(redacted)" for name in otlp.headers}
         return data
 
 
@@ -295,6 +336,7 @@ def load(
     for field, value in (overrides or {}).items():
         if value is not None:
             _set(document, field, value)
+    _otel_environment(document, environ)
     return parse(document, source=path)
 
 
@@ -307,7 +349,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
     top.allow(
         {
             "server", "llm", "middlewares", "session", "logging", "metrics", "usage",
-            "manhole", "auth",
+            "manhole", "auth", "telemetry",
         }
     )
     config = GatewayConfig(
@@ -320,6 +362,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
         usage=_usage(top.section("usage")),
         manhole=_manhole(top.section("manhole")),
         auth=_auth(top.section("auth")),
+        telemetry=_telemetry(top.section("telemetry")),
         source=source,
     )
     _refuse_open_relay(config)
@@ -639,6 +682,77 @@ def _manhole(section: _Section) -> ManholeConfig:
         listen=listen,
         authorized_keys=authorized_keys,
         host_key=section.optional_string("host_key"),
+    )
+
+
+def _otel_environment(document: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """
+    Fill what ``telemetry.otlp`` leaves unset from OpenTelemetry's variables.
+    """
+    telemetry = document.get("telemetry")
+    if not isinstance(telemetry, dict) or "otlp" not in telemetry:
+        return
+    otlp = telemetry["otlp"]
+    if otlp is None:
+        otlp = telemetry["otlp"] = {}
+    if not isinstance(otlp, dict):
+        return
+    for variable, key in OTEL_ENVIRONMENT.items():
+        value = environ.get(variable)
+        if value and key not in otlp:
+            otlp[key] = _otel_headers(value) if key == "headers" else value
+
+
+def _otel_headers(value: str) -> dict[str, str]:
+    """
+    ``OTEL_EXPORTER_OTLP_HEADERS``: ``key1=value1,key2=value2``, values
+    percent-encoded, as the OpenTelemetry specification has it.
+    """
+    from urllib.parse import unquote
+
+    headers = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            # The value may be a secret: name the variable, never show it.
+            raise ConfigError(
+                "OTEL_EXPORTER_OTLP_HEADERS: (value hidden) must be key=value pairs "
+                "separated by commas"
+            )
+        headers[unquote(name.strip())] = unquote(text.strip())
+    return headers
+
+
+def _telemetry(section: _Section) -> TelemetryConfig:
+    section.allow({"otlp"})
+    if "otlp" not in section.data:
+        return TelemetryConfig()
+    otlp = section.section("otlp")
+    otlp.allow(set(attrs.fields_dict(OTLPConfig)))
+    defaults = OTLPConfig()
+    endpoint = otlp.string("endpoint", defaults.endpoint)
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        otlp.fail("endpoint", endpoint, "is not an http:// or https:// URL")
+    headers = otlp.get("headers", None) or {}
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError(
+            f"{_join(otlp.name, 'headers')}: (value hidden) must map header names to strings"
+        )
+    return TelemetryConfig(
+        otlp=OTLPConfig(
+            endpoint=endpoint,
+            headers=dict(headers),
+            service_name=otlp.string("service_name", defaults.service_name),
+            sample_ratio=otlp.number("sample_ratio", defaults.sample_ratio, 0, 1),
+            capture_content=otlp.boolean("capture_content", defaults.capture_content),
+            timeout=otlp.number("timeout", defaults.timeout, 0.001, 3600),
+            max_queue=otlp.integer("max_queue", defaults.max_queue, 1, 10**7),
+        )
     )
 
 

@@ -259,6 +259,7 @@ class Metrics(Middleware):
             },
             "middleware_errors": dict(self._live("middleware_errors", {})),
             "sessions": self._live("sessions", None),
+            "telemetry": self._live("telemetry", None),
         }
 
     def prometheus(self, accept: str | None) -> tuple[bytes, str]:
@@ -384,6 +385,21 @@ def _live(metrics: Metrics) -> Iterable[Any]:
         "llmgate_middleware_errors", "Middleware hooks that raised.", "middleware",
         view["middleware_errors"],
     )
+    telemetry = view["telemetry"]
+    if telemetry:
+        yield _counter(
+            "llmgate_telemetry_spans_exported", "Spans the OTLP collector accepted.",
+            telemetry.get("spans_exported", 0),
+        )
+        yield _counters(
+            "llmgate_telemetry_spans_dropped",
+            "Spans that never reached the collector: the export queue was full, or the export failed.",
+            "reason",
+            {
+                "queue_full": telemetry.get("spans_dropped", 0),
+                "export_failed": telemetry.get("spans_export_failed", 0),
+            },
+        )
     sessions = view["sessions"]
     if sessions:
         yield _gauge("llmgate_sessions_active", "Sessions alive.", sessions.get("active_sessions", 0))

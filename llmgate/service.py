@@ -107,6 +107,7 @@ class GatewayParts:
                 "traces": lambda: [
                     dict(m.state()) for m in self.middlewares if getattr(m, "name", "") == "trace"
                 ],
+                "telemetry": self._telemetry_state,
             },
         )
         if config.metrics.enabled:
@@ -145,8 +146,19 @@ class GatewayParts:
             state = self._state_of(next(built)) if spec.enabled else {}
             listed.append({"type": spec.type, "enabled": spec.enabled, "state": state})
         view["middlewares"] = listed
+        if self.config.telemetry.otlp is not None:
+            view["telemetry"]["state"] = self._telemetry_state()
         view["sessions"] = dict(self.sessions.state()) if self.sessions else None
         return view
+
+    def _telemetry_state(self) -> dict[str, Any] | None:
+        """
+        The otel middleware's export figures, or None when telemetry is off.
+        """
+        for middleware in self.middlewares:
+            if getattr(middleware, "name", "") == "otel":
+                return self._state_of(middleware)
+        return None
 
     def _state_of(self, middleware: Any) -> dict[str, Any]:
         try:

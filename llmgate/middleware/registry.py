@@ -44,7 +44,8 @@ def build_middlewares(
     from llmgate.middleware import MiddlewareContext
 
     wanted = [m for m in config.middlewares if m.enabled]
-    if not wanted:
+    telemetry = config.telemetry.otlp is not None
+    if not wanted and not telemetry:
         return []
     factories = middleware_factories(package)
     context = MiddlewareContext(reactor=reactor, config=config)
@@ -53,6 +54,10 @@ def build_middlewares(
         if not spec.enabled:
             continue
         factory = factories.get(spec.type)
+        if spec.type == "otel":
+            raise ConfigError(
+                f"middlewares[{index}].type: otel is configured under telemetry.otlp"
+            )
         if factory is None:
             known = ", ".join(sorted(factories)) or "none installed"
             raise ConfigError(
@@ -63,6 +68,15 @@ def build_middlewares(
             middleware = factory.build(dict(spec.config), context)
         except ConfigError as error:
             raise ConfigError(f"middlewares[{index}].config.{error}") from None
+        verifyObject(IMiddleware, middleware)
+        built.append(middleware)
+    if telemetry:
+        # Last, so that its request hook sees the request as it will leave
+        # and its finish hook runs before the others' (nothing waits on it).
+        factory = factories.get("otel")
+        if factory is None:
+            raise ConfigError("telemetry.otlp: no otel middleware is installed")
+        middleware = factory.build({}, context)
         verifyObject(IMiddleware, middleware)
         built.append(middleware)
     return built

@@ -28,3 +28,5 @@ class _LazyMiddleware:
 
 trace = _LazyMiddleware("trace", "llmgate.middleware.trace", "build")
 printer = _LazyMiddleware("printer", "llmgate.middleware.printer", "build")
+#: Built from ``telemetry.otlp``, not listed in ``middlewares``.
+otel = _LazyMiddleware("otel", "llmgate.middleware.otel", "build")

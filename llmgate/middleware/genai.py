@@ -1,0 +1,199 @@
+"""
+What an exchange says in the OpenTelemetry GenAI semantic conventions: span
+names and attributes, from plain values (no reactor, no SDK).
+
+Only figures, names and ids are read: never a header, and never a body's
+text unless content capture asks for the messages.  Response attributes of a
+stream come from its first and last few events, so a long stream costs no
+more than a short one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+from llmgate.exchange import Exchange
+from llmgate.sse import ServerSentEvent
+
+#: ``gen_ai.operation.name`` by request path (its end, so prefixes such as
+#: ``/openai`` on a compatible server still match).
+OPERATIONS = (
+    (b"/chat/completions", "chat"),
+    (b"/messages", "chat"),
+    (b"/responses", "chat"),
+    (b"/completions", "text_completion"),
+    (b"/embeddings", "embeddings"),
+)
+
+#: Request body fields and the attribute each one fills.
+REQUEST_PARAMETERS = (
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("max_output_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+    ("top_k", "gen_ai.request.top_k"),
+    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
+    ("presence_penalty", "gen_ai.request.presence_penalty"),
+    ("seed", "gen_ai.request.seed"),
+    ("n", "gen_ai.request.choice.count"),
+)
+
+#: Events read from a stream's end for its finish reasons.
+TAIL_EVENTS = 4
+
+
+def operation_of(path: bytes) -> str | None:
+    for suffix, operation in OPERATIONS:
+        if path.endswith(suffix):
+            return operation
+    return None
+
+
+def span_name(operation: str | None, model: str | None, method: bytes) -> str:
+    """
+    ``{gen_ai.operation.name} {gen_ai.request.model}``, as the conventions
+    name a GenAI span; the HTTP method for a call that is not one.
+    """
+    if operation is None:
+        return method.decode("ascii", "replace")
+    return f"{operation} {model}" if model else operation
+
+
+def request_attributes(exchange: Exchange, operation: str | None) -> dict[str, Any]:
+    """
+    What the client asked for, in the conventions' names.
+    """
+    attributes: dict[str, Any] = {
+        "gen_ai.provider.name": exchange.provider,
+        "http.request.method": exchange.request.method.decode("ascii", "replace"),
+        "url.path": exchange.request.path.decode("utf-8", "replace"),
+    }
+    if operation is not None:
+        attributes["gen_ai.operation.name"] = operation
+    body = exchange.request_json
+    if not isinstance(body, dict):
+        return attributes
+    model = body.get("model")
+    if isinstance(model, str):
+        attributes["gen_ai.request.model"] = model
+    for field, name in REQUEST_PARAMETERS:
+        value = body.get(field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            attributes.setdefault(name, value)
+    stop = body.get("stop", body.get("stop_sequences"))
+    if isinstance(stop, str):
+        attributes["gen_ai.request.stop_sequences"] = (stop,)
+    elif isinstance(stop, list) and stop and all(isinstance(s, str) for s in stop):
+        attributes["gen_ai.request.stop_sequences"] = tuple(stop)
+    return attributes
+
+
+def response_attributes(exchange: Exchange) -> dict[str, Any]:
+    """
+    What the upstream answered: model, id, finish reasons and token usage.
+    """
+    attributes: dict[str, Any] = {}
+    usage = exchange.usage
+    if usage:
+        for key in ("input_tokens", "output_tokens"):
+            if usage.get(key) is not None:
+                attributes[f"gen_ai.usage.{key}"] = usage[key]
+    response = exchange.response
+    if response is None or not 200 <= response.status < 300:
+        return attributes
+    if response.streaming:
+        head, reasons = _stream_summary(response.events)
+    else:
+        document = response.document()
+        head = document if isinstance(document, dict) else {}
+        reasons = _finish_reasons(head)
+    model = head.get("model")
+    if isinstance(model, str):
+        attributes["gen_ai.response.model"] = model
+    ident = head.get("id")
+    if isinstance(ident, str):
+        attributes["gen_ai.response.id"] = ident
+    if reasons:
+        attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
+    return attributes
+
+
+def _finish_reasons(document: Mapping[str, Any]) -> list[str]:
+    """
+    Finish reasons of a whole answer or of one stream event, any provider.
+    """
+    reasons = []
+    choices = document.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                reasons.append(choice["finish_reason"])
+    for holder in (document, document.get("delta")):
+        if isinstance(holder, dict) and isinstance(holder.get("stop_reason"), str):
+            reasons.append(holder["stop_reason"])
+    if document.get("object") == "response" and isinstance(document.get("status"), str):
+        reasons.append(document["status"])
+    return reasons
+
+
+def _stream_summary(events: list[ServerSentEvent]) -> tuple[dict[str, Any], list[str]]:
+    """
+    The answer's head (id and model, from the first event that has them) and
+    its finish reasons (from the last few events).
+    """
+    head: dict[str, Any] = {}
+    for event in events[:2]:
+        document = _json(event)
+        if document is None:
+            continue
+        # Anthropic's message_start and the Responses API's response.created
+        # hold the answer's head one level down.
+        inner = document.get("message") or document.get("response")
+        head = inner if isinstance(inner, dict) else document
+        if "id" in head or "model" in head:
+            break
+    reasons: list[str] = []
+    for event in events[-TAIL_EVENTS:]:
+        document = _json(event)
+        if document is None:
+            continue
+        inner = document.get("response")
+        reasons.extend(_finish_reasons(inner if isinstance(inner, dict) else document))
+    return head, reasons
+
+
+def _json(event: ServerSentEvent) -> dict[str, Any] | None:
+    if not event.data.startswith("{"):
+        return None
+    try:
+        document = event.json()
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def input_messages(exchange: Exchange) -> list[Any]:
+    """
+    The conversation the client sent, system prompt first, for content
+    capture.
+    """
+    body = exchange.request_json
+    if not isinstance(body, dict):
+        return []
+    messages: list[Any] = []
+    system = body.get("system", body.get("instructions"))
+    if system is not None:
+        messages.append({"role": "system", "content": system})
+    for field in ("messages", "input", "prompt"):
+        value = body.get(field)
+        if isinstance(value, list):
+            messages.extend(value)
+        elif isinstance(value, str):
+            messages.append({"role": "user", "content": value})
+    return messages
+
+
+def content_json(value: Iterable[Any] | Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)

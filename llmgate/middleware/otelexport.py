@@ -1,0 +1,145 @@
+"""
+Handing finished spans to OpenTelemetry's ``BatchSpanProcessor`` without ever
+waiting for it, and counting what never reached the collector.
+
+The processor's worker thread encodes and sends; the reactor thread only
+appends to its queue.  The processor itself drops the oldest span silently
+(and logs a warning for each) when its queue is full, so a gate in front
+keeps the queue from filling: spans beyond ``max_queue`` waiting are refused
+and counted, before they cost anything.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from twisted.internet.defer import Deferred
+
+
+class CountingExporter(SpanExporter):
+    """
+    Another exporter, counting spans sent and spans lost.  Its counters are
+    written by the processor's thread only, and read anywhere.
+    """
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class SpanQueue:
+    """
+    A bounded way to the collector.
+
+    :ivar queued: spans handed to the processor (reactor thread).
+    :ivar dropped: spans refused because ``max_queue`` were waiting.
+    """
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        max_queue: int = 2048,
+        schedule_delay_millis: float | None = None,
+        max_export_batch_size: int = 512,
+    ) -> None:
+        self.counting = CountingExporter(exporter)
+        self.max_queue = max_queue
+        self.processor = BatchSpanProcessor(
+            self.counting,
+            max_queue_size=max_queue,
+            schedule_delay_millis=schedule_delay_millis,
+            max_export_batch_size=min(max_export_batch_size, max_queue),
+        )
+        self.queued = 0
+        self.dropped = 0
+        self._closing: Deferred[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """
+        Spans handed over and not yet settled (queued or being sent).
+        """
+        return self.queued - self.counting.exported - self.counting.failed
+
+    def submit(self, spans: Sequence[ReadableSpan]) -> None:
+        """
+        Queue the spans of one call, or drop them all: a trace with a hole
+        in it misleads more than a missing one.
+        """
+        if self.waiting + len(spans) > self.max_queue:
+            self.dropped += len(spans)
+            return
+        self.queued += len(spans)
+        on_end = self.processor.on_end
+        for span in spans:
+            on_end(span)
+
+    def state(self) -> dict[str, int]:
+        return {
+            "spans_exported": self.counting.exported,
+            "spans_export_failed": self.counting.failed,
+            "spans_dropped": self.dropped,
+            "spans_waiting": self.waiting,
+        }
+
+    def close(self, reactor: Any, patience: float) -> Deferred[None]:
+        """
+        Export what is queued and stop the worker, off the reactor thread.
+
+        Fires when done or after ``patience`` seconds, whichever comes first:
+        a dead collector must not hold the gateway's shutdown.
+        """
+        if self._closing is not None:
+            return self._closing
+        done: Deferred[None] = Deferred()
+        self._closing = done
+        delayed = reactor.callLater(patience, _fire, done)
+
+        def finished() -> None:
+            if delayed.active():
+                delayed.cancel()
+            _fire(done)
+
+        thread = threading.Thread(
+            target=_then(self.processor.shutdown, lambda: reactor.callFromThread(finished)),
+            name="llmgate-otel-shutdown",
+            daemon=True,
+        )
+        thread.start()
+        return done
+
+
+def _then(first: Callable[[], Any], after: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            first()
+        finally:
+            after()
+
+    return run
+
+
+def _fire(d: Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
