@@ -8,7 +8,8 @@
 #   --configs LIST  comma-separated names (default: all, in this order):
 #                   bare, default, metrics-off, trace+printer,
 #                   trace+printer-info, trace, printer-info
-#                   (files: bench/configs/NAME.yaml, '+' read as '-')
+#                   (files: bench/configs/NAME.yaml, '+' read as '-');
+#                   also "otel" (not in the default list): OTLP export on
 #   --reps N        repetitions of the whole cycle (default 3)
 #   --seconds S     each wrk run (default 8; --quick: 4)
 #   --keep          keep the temporary directory (logs, traces, results.jsonl)
@@ -55,6 +56,8 @@ if [ -n "$OUT" ]; then mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"; fi
 cd "$ROOT"
 
 BASE_PORT="${BENCH_COMPARE_PORT:-18280}"
+# configs/otel.yaml sends its spans to the nginx on this port.
+export BENCH_COMPARE_PORT="$BASE_PORT"
 GW_CPU="${BENCH_GATEWAY_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
 CONNS=50
@@ -111,6 +114,14 @@ for name in "${NAMES[@]}"; do
     other="$(grep -vc 'error=client disconnected' "$dir/gateway.log" || true)"
     printf '{"kind":"files","target":"%s","traces":%s,"info_lines":%s,"log_lines":%s,"cut_lines":%s,"alive":%s}\n' \
         "$name" "$traces" "$lines" "$other" "$cut" "$alive" >>"$RESULTS"
+done
+
+# Export figures of the gateways with telemetry (configs/otel.yaml): spans
+# dropped would make an export look cheaper than it is.
+for name in "${NAMES[@]}"; do
+    tele="$(curl -fsS --max-time 5 "http://127.0.0.1:${GW_PORT[$name]}/metrics" | "$PY" -c \
+        'import json, sys; t = json.load(sys.stdin).get("telemetry"); print(json.dumps(t) if t else "")')" || tele=""
+    [ -n "$tele" ] && log "gateway $name telemetry: $tele"
 done
 
 "$PY" - "$WORK/meta.json" <<EOF
