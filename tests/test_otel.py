@@ -154,7 +154,7 @@ class RegistryTests(SynchronousTestCase):
     def test_missing_packages_are_a_config_error_naming_the_section(self) -> None:
         config = parse({"telemetry": {"otlp": {}}})
         module = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
-        with mock.patch.dict(sys.modules, {module: None}):
+        with mock.patch.dict(sys.modules, {module: None, "llmgate.middleware.otelexport": None}):
             with self.assertRaises(ConfigError) as caught:
                 build_middlewares(config, MemoryReactorClock())
         self.assertIn("telemetry.otlp", str(caught.exception))
@@ -345,3 +345,64 @@ class OtelMiddlewareTests(SynchronousTestCase):
         queue.processor.force_flush()
         self.assertEqual(queue.state()["spans_export_failed"], 2)
         self.assertEqual(queue.waiting, 0)
+
+
+class WireEncoderTests(SynchronousTestCase):
+    def test_the_wire_encoding_decodes_to_what_the_exporter_package_encodes(self) -> None:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        from llmgate.middleware.otlpwire import WireEncoder
+
+        clock = MemoryReactorClock()
+        clock.advance(100.0)
+        exporter = InMemorySpanExporter()
+        middleware = OtelMiddleware(
+            clock, OTLPConfig(capture_content=True), exporter, "http://127.0.0.1:8080"
+        )
+        self.addCleanup(middleware.queue.processor.shutdown)
+        for headers, status in (({}, 200), ({b"traceparent": [PARENT.encode()], b"tracestate": [b"k=v,x=y"]}, 503)):
+            call = exchange(
+                {"model": "m", "temperature": 0.5, "stop": ["a", ""], "max_tokens": 0,
+                 "messages": [{"role": "user", "content": "h\u00e9llo"}]},
+                headers=headers,
+            )
+            middleware.request_received(call)
+            answered(call, {"id": "r", "model": "m", "choices": [{"finish_reason": "stop"}]}, status)
+            call.usage = {"input_tokens": 2**40, "output_tokens": 0}
+            call.session_id = "sess_x"
+            middleware.exchange_finished(call)
+        middleware.queue.processor.force_flush()
+        spans = list(exporter.get_finished_spans())
+        self.assertEqual(len(spans), 4)
+        encoder = WireEncoder()
+        for _ in range(2):  # the second time from the caches
+            ours = ExportTraceServiceRequest()
+            ours.ParseFromString(encoder.encode(spans))
+            stock = ExportTraceServiceRequest()
+            stock.ParseFromString(encode_spans(spans).SerializeToString())
+            self.assertEqual(ours, stock)
+
+    def test_equal_values_of_other_types_are_not_confused_by_the_cache(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        from llmgate.middleware.otlpwire import WireEncoder
+
+        encoder = WireEncoder()
+        context = SpanContext(1, 2, False, TraceFlags(TraceFlags.SAMPLED))
+        values = []
+        for value in (1, True, 1.0, "1", -1):
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(
+                encoder.encode([ReadableSpan("s", context=context, attributes={"k": value})])
+            )
+            (pair,) = request.resource_spans[0].scope_spans[0].spans[0].attributes
+            values.append((pair.value.WhichOneof("value"), getattr(pair.value, pair.value.WhichOneof("value"))))
+        self.assertEqual(
+            values,
+            [("int_value", 1), ("bool_value", True), ("double_value", 1.0), ("string_value", "1"), ("int_value", -1)],
+        )

@@ -50,13 +50,13 @@ def build(config: Mapping[str, Any], context: MiddlewareContext) -> "OtelMiddlew
     if otlp is None:
         raise ConfigError("type: otel needs a telemetry.otlp section")
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from llmgate.middleware.otelexport import WireExporter
     except ImportError:
         raise ConfigError(
             "telemetry.otlp: needs the packages opentelemetry-sdk and "
             "opentelemetry-exporter-otlp-proto-http (pip install 'llmgate[otel]')"
         ) from None
-    exporter = OTLPSpanExporter(
+    exporter = WireExporter(
         endpoint=otlp.endpoint.rstrip("/") + "/v1/traces",
         headers=dict(otlp.headers),
         timeout=otlp.timeout,

@@ -14,9 +14,41 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Sequence
 
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from llmgate.middleware.otlpwire import WireEncoder
+
+
+class WireExporter(OTLPSpanExporter):
+    """
+    The exporter package's OTLP/HTTP exporter (its transport, retries,
+    headers, TLS and compression) with :class:`WireEncoder` in place of its
+    per-object encoder.  On an exporter release without the HTTP client this
+    relies on, it exports as the stock class does.
+    """
+
+    log = Logger()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoder = WireEncoder()
+        client = getattr(self, "_client", None)
+        self.fast = callable(getattr(client, "export", None))
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if not self.fast or getattr(self, "_shutdown", False):
+            return super().export(spans)
+        try:
+            data = self.encoder.encode(spans)
+        except Exception:
+            self.log.failure("OTLP span batch could not be encoded")
+            return SpanExportResult.FAILURE
+        result = self._client.export(data)
+        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 
 
 class CountingExporter(SpanExporter):
