@@ -153,12 +153,23 @@ class RegistryTests(SynchronousTestCase):
 
     def test_missing_packages_are_a_config_error_naming_the_section(self) -> None:
         config = parse({"telemetry": {"otlp": {}}})
-        module = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
-        with mock.patch.dict(sys.modules, {module: None, "llmgate.middleware.otelexport": None}):
+        with mock.patch("llmgate.middleware.otel._INSTALLED", False):
             with self.assertRaises(ConfigError) as caught:
                 build_middlewares(config, MemoryReactorClock())
         self.assertIn("telemetry.otlp", str(caught.exception))
         self.assertIn("llmgate[otel]", str(caught.exception))
+
+    def test_the_otel_module_imports_without_the_packages(self) -> None:
+        script = (
+            "import sys\n"
+            "sys.modules['opentelemetry'] = None\n"
+            "import llmgate.middleware.otel as otel\n"
+            "print(otel._INSTALLED)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout
+        self.assertEqual(out.strip(), "False")
 
     def test_a_gateway_without_telemetry_never_imports_opentelemetry(self) -> None:
         script = (

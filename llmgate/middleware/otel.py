@@ -24,6 +24,26 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.logger import Logger
 
+try:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, get_current_span
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    from opentelemetry.trace.status import Status, StatusCode
+
+    from llmgate.middleware.otelexport import SpanQueue, WireExporter
+except ImportError:  # without the otel extra: build() says what to install
+    _INSTALLED = False
+else:
+    _INSTALLED = True
+    _UNSET = Status(StatusCode.UNSET)
+    _ERROR = Status(StatusCode.ERROR)
+    _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+    _LOW_64 = TraceIdRatioBased.TRACE_ID_LIMIT
+
 from llmgate import __version__
 from llmgate.config import ConfigError, OTLPConfig
 from llmgate.exchange import Exchange
@@ -49,13 +69,11 @@ def build(config: Mapping[str, Any], context: MiddlewareContext) -> "OtelMiddlew
     otlp = context.config.telemetry.otlp
     if otlp is None:
         raise ConfigError("type: otel needs a telemetry.otlp section")
-    try:
-        from llmgate.middleware.otelexport import WireExporter
-    except ImportError:
+    if not _INSTALLED:
         raise ConfigError(
             "telemetry.otlp: needs the packages opentelemetry-sdk and "
             "opentelemetry-exporter-otlp-proto-http (pip install 'llmgate[otel]')"
-        ) from None
+        )
     exporter = WireExporter(
         endpoint=otlp.endpoint.rstrip("/") + "/v1/traces",
         headers=dict(otlp.headers),
@@ -141,14 +159,6 @@ class OtelMiddleware(Middleware):
         scrubber: Scrubber | None = None,
         schedule_delay_millis: float | None = None,
     ) -> None:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        from llmgate.middleware.otelexport import SpanQueue
-
         self.reactor = reactor
         self.settings = settings
         self.capture_content = settings.capture_content
@@ -159,7 +169,9 @@ class OtelMiddleware(Middleware):
             Resource({"service.name": settings.service_name, "service.version": __version__})
         )
         self.scope = InstrumentationScope("llmgate", __version__)
-        self.sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+        # The SDK's ParentBased(TraceIdRatioBased) decision, taken directly:
+        # its should_sample builds a context and a result object per call.
+        self.bound = TraceIdRatioBased(settings.sample_ratio).bound
         self.ids = RandomIdGenerator()
         self.propagator = TraceContextTextMapPropagator()
         parts = urlsplit(upstream)
@@ -215,10 +227,8 @@ class OtelMiddleware(Middleware):
         call: CallContext | None = exchange.notes.get(NOTE)
         if call is not None:
             return call
-        from opentelemetry.trace import SpanKind, get_current_span
-
         headers = exchange.request.headers
-        parent = parent_context = None
+        parent = None
         traceparent = headers.getRawHeaders(b"traceparent")
         # Two traceparent headers make no valid one (W3C Trace Context).
         if traceparent is not None and len(traceparent) == 1:
@@ -226,19 +236,18 @@ class OtelMiddleware(Middleware):
             tracestate = headers.getRawHeaders(b"tracestate")
             if tracestate:
                 carrier["tracestate"] = tracestate
-            parent_context = self.propagator.extract(carrier, getter=_GETTER)
-            parent = get_current_span(parent_context).get_span_context()
+            parent = get_current_span(
+                self.propagator.extract(carrier, getter=_GETTER)
+            ).get_span_context()
             if not parent.is_valid:
-                parent = parent_context = None
-        trace_id = parent.trace_id if parent is not None else self.ids.generate_trace_id()
-        decision = self.sampler.should_sample(
-            parent_context, trace_id, "llmgate", SpanKind.SERVER
-        )
+                parent = None
+        if parent is not None:
+            trace_id, sampled = parent.trace_id, parent.trace_flags.sampled
+        else:
+            trace_id = self.ids.generate_trace_id()
+            sampled = trace_id & _LOW_64 < self.bound
         call = CallContext(
-            trace_id=trace_id,
-            span_id=self.ids.generate_span_id(),
-            sampled=decision.decision.is_sampled(),
-            parent=parent,
+            trace_id=trace_id, span_id=self.ids.generate_span_id(), sampled=sampled, parent=parent
         )
         exchange.notes[NOTE] = call
         return call
@@ -259,10 +268,6 @@ class OtelMiddleware(Middleware):
     # -- spans ----------------------------------------------------------------------
 
     def _spans(self, exchange: Exchange, call: CallContext) -> list[Any]:
-        from opentelemetry.sdk.trace import Event, ReadableSpan
-        from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
-        from opentelemetry.trace.status import Status, StatusCode
-
         # The exchange's times are the reactor's seconds; spans want the wall
         # clock's nanoseconds.
         offset = time.time_ns() - int(self.reactor.seconds() * 1e9)
@@ -270,7 +275,7 @@ class OtelMiddleware(Middleware):
         def wall(seconds: float | None, default: int) -> int:
             return default if seconds is None else int(seconds * 1e9) + offset
 
-        sampled = TraceFlags(TraceFlags.SAMPLED)
+        sampled = _SAMPLED
         trace_state = call.parent.trace_state if call.parent is not None else None
         server = SpanContext(call.trace_id, call.span_id, False, sampled, trace_state)
         operation = genai.operation_of(exchange.request.path)
@@ -311,7 +316,7 @@ class OtelMiddleware(Middleware):
                     attributes=client_attributes,
                     kind=SpanKind.CLIENT,
                     instrumentation_scope=self.scope,
-                    status=Status(StatusCode.ERROR) if failure else Status(StatusCode.UNSET),
+                    status=_ERROR if failure else _UNSET,
                     start_time=wall(attempt.started, start),
                     end_time=wall(attempt.ended, end),
                 )
@@ -352,7 +357,7 @@ class OtelMiddleware(Middleware):
                 events=events,
                 kind=SpanKind.SERVER,
                 instrumentation_scope=self.scope,
-                status=Status(StatusCode.ERROR) if failure else Status(StatusCode.UNSET),
+                status=_ERROR if failure else _UNSET,
                 start_time=start,
                 end_time=end,
             )
