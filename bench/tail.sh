@@ -82,8 +82,8 @@ for name in "${NAMES[@]}"; do
     dir="$WORK/gw-$name"; traces=-1
     [ -d "$dir/traces" ] && traces="$(find "$dir/traces" -name '*.json' | wc -l)"
     printf '{"kind":"files","target":"%s","traces":%s}\n' "$name" "$traces" >>"$RESULTS"
-    if [ -n "$(curl -fsS "http://127.0.0.1:${GW_PORT[$name]}/metrics" 2>/dev/null | head -c1)" ]; then
-        curl -fsS "http://127.0.0.1:${GW_PORT[$name]}/metrics" >"$dir/metrics.txt" 2>/dev/null || true
+    if true; then
+        curl -fsS "http://127.0.0.1:${GW_PORT[$name]}/metrics?format=prometheus" >"$dir/metrics.txt" 2>/dev/null || true
     fi
 done
 "$PY" "$HERE/tail_report.py" "$RESULTS" --configs "$CONFIGS" --work "$WORK" | tee "$WORK/table.txt"

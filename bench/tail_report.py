@@ -114,13 +114,39 @@ def main():
         for t in names:
             path = os.path.join(args.work, f"gw-{t}", "metrics.txt")
             if os.path.exists(path):
-                lines = [l for l in open(path) if l.startswith(("llmgate_loop_lag", "llmgate_gc_pause"))
-                         and not l.startswith("#")]
-                if lines:
-                    print(f"{t} stall metrics:")
-                    for l in lines:
-                        print("   ", l.rstrip())
+                summary = stall_summary(open(path).read())
+                if summary:
+                    print(f"{t} stalls over the whole run: {summary}")
 
+
+def stall_summary(text):
+    """
+    One line from the gateway's llmgate_gc_pause_seconds and
+    llmgate_loop_lag_seconds histograms.
+    """
+    counts, sums, buckets = {}, {}, {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(("llmgate_gc_pause", "llmgate_loop_lag")):
+            continue
+        name, value = line.rsplit(" ", 1)
+        value = float(value)
+        if "_count" in name:
+            counts[name.replace("_count", "")] = value
+        elif "_sum" in name:
+            sums[name.replace("_sum", "")] = value
+        elif name.startswith("llmgate_loop_lag_seconds_bucket"):
+            buckets[name.split('le="')[1].rstrip('"}')] = value
+    parts = []
+    for generation in "012":
+        key = f'llmgate_gc_pause_seconds{{generation="{generation}"}}'
+        if counts.get(key):
+            parts.append(f"gc{generation} {counts[key]:.0f}x avg {1000 * sums[key] / counts[key]:.2f} ms")
+    total = buckets.get("+Inf")
+    if total:
+        over = {le: total - n for le, n in buckets.items() if le != "+Inf"}
+        parts.append("loop lag > 1/5/20 ms: " + "/".join(
+            f"{100 * over.get(le, 0) / total:.1f}%" for le in ("0.001", "0.005", "0.02")))
+    return "; ".join(parts)
 
 if __name__ == "__main__":
     main()

@@ -204,6 +204,13 @@ class Exchange:
                 self._json = None
         return self._json
 
+    def parsed_request_json(self) -> Any:
+        """
+        :attr:`request_json` if something has asked for it already, else
+        :data:`UNPARSED`.
+        """
+        return self._json
+
     def invalidate_request_json(self) -> None:
         """
         Forget the parsed body, after a middleware replaced it.
