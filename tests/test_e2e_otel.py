@@ -17,6 +17,9 @@ import pytest_twisted
 import treq
 from twisted.web.server import Site
 
+import attrs
+
+from llmgate.exchange import Exchange
 from tests.conftest import Running, _listen
 from tests.otlpcollector import Collector, ReceivedSpan
 from tests.test_e2e_sdk import TIMEOUT, ask, in_thread
@@ -320,3 +323,49 @@ def test_a_hanging_collector_leaves_calls_alone_and_full_queue_drops_are_counted
     spans = yield exported(gateway, collector, 2)
     assert len(spans) == 2
 
+
+
+#: Failover across upstreams (issue 14) records every attempt on the exchange.
+FAILOVER = "attempts" in attrs.fields_dict(Exchange)
+
+
+@pytest.mark.skipif(not FAILOVER, reason="failover across upstreams (issue 14) has not landed")
+@pytest_twisted.inlineCallbacks
+def test_a_failover_shows_two_client_spans_under_the_call(make_gateway, upstream, collector):
+    import socket
+
+    # Bound but not listening: every connect is refused.
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    try:
+        first = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        gateway = make_gateway(
+            document={
+                "upstreams": {"first": {"base_url": first}, "live": {"base_url": upstream.url}},
+                "routes": [{"upstream": ["first", "live"]}],
+                "telemetry": telemetry(collector),
+            }
+        )
+        answer = yield treq.post(
+            gateway.url + "/v1/chat/completions",
+            json.dumps({"model": "m", "messages": ask("fail over")}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        assert answer.code == 200
+        yield answer.content()
+    finally:
+        refusing.close()
+    spans = yield exported(gateway, collector, 3)
+    (server,) = spans_by_kind(spans, "SERVER")
+    refused, live = sorted(spans_by_kind(spans, "CLIENT"), key=lambda s: s.start)
+    for client in (refused, live):
+        assert (client.trace_id, client.parent_span_id) == (server.trace_id, server.span_id)
+    assert refused.attributes["llmgate.upstream"] == "first"
+    assert refused.attributes["error.type"] == "upstream_refused"
+    assert refused.status_code == 2
+    assert live.attributes["llmgate.upstream"] == "live"
+    assert live.attributes["http.response.status_code"] == 200
+    assert live.attributes["server.port"] == int(upstream.url.rsplit(":", 1)[1])
+    assert refused.end <= live.start <= live.end <= server.end
+    seen = upstream.resource.seen[-1].header(b"traceparent").decode()
+    assert seen.split("-")[1] == server.trace_id

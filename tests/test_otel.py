@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 from typing import Any
+
+import attrs
 from unittest import mock
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -417,3 +419,45 @@ class WireEncoderTests(SynchronousTestCase):
             values,
             [("int_value", 1), ("bool_value", True), ("double_value", 1.0), ("string_value", "1"), ("int_value", -1)],
         )
+
+
+class AttemptsTests(SynchronousTestCase):
+    def test_one_attempt_from_the_exchange_times_without_failover(self) -> None:
+        from llmgate.middleware.attempts import attempts_of
+
+        call = answered(exchange())
+        (attempt,) = attempts_of(call, "api.example.com", 443)
+        self.assertEqual(
+            (attempt.started, attempt.ended, attempt.status, attempt.address, attempt.port),
+            (100.01, 100.5, 200, "api.example.com", 443),
+        )
+        self.assertEqual(attempts_of(exchange(), "h", 1), [])
+
+    def test_recorded_attempts_become_one_each_the_answering_one_to_the_end(self) -> None:
+        from llmgate.middleware.attempts import attempts_of
+
+        @attrs.define
+        class Recorded:
+            upstream: str
+            address: str
+            started: float
+            ended: float | None
+            outcome: str
+            status: int | None
+
+        from types import SimpleNamespace
+
+        # An exchange as failover (issue 14) fills it: the attempts recorded.
+        call = SimpleNamespace(
+            ended_at=100.5,
+            error_kind=None,
+            attempts=[
+                Recorded("a", "10.0.0.1:8000", 100.0, 100.1, "upstream_refused", None),
+                Recorded("b", "[::1]:9000", 100.1, 100.2, "failover", 503),
+                Recorded("c", "api.example.com:443", 100.2, 100.3, "answered", 200),
+            ],
+        )
+        first, second, third = attempts_of(call, "ignored", 1)  # type: ignore[arg-type]
+        self.assertEqual((first.address, first.port, first.error_kind), ("10.0.0.1", 8000, "upstream_refused"))
+        self.assertEqual((second.address, second.port, second.error_kind, second.status), ("::1", 9000, None, 503))
+        self.assertEqual((third.upstream, third.ended), ("c", 100.5))

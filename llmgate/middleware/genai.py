@@ -51,6 +51,17 @@ def operation_of(path: bytes) -> str | None:
     return None
 
 
+def provider_name(provider: str) -> str:
+    """
+    ``gen_ai.provider.name``: ``openai`` or ``anthropic`` also for API shape
+    names such as ``openai-chat`` or ``anthropic-messages``.
+    """
+    for name in ("openai", "anthropic"):
+        if provider.startswith(name):
+            return name
+    return provider
+
+
 def span_name(operation: str | None, model: str | None, method: bytes) -> str:
     """
     ``{gen_ai.operation.name} {gen_ai.request.model}``, as the conventions
@@ -66,7 +77,7 @@ def request_attributes(exchange: Exchange, operation: str | None) -> dict[str, A
     What the client asked for, in the conventions' names.
     """
     attributes: dict[str, Any] = {
-        "gen_ai.provider.name": exchange.provider,
+        "gen_ai.provider.name": provider_name(exchange.provider),
         "http.request.method": exchange.request.method.decode("ascii", "replace"),
         "url.path": exchange.request.path.decode("utf-8", "replace"),
     }

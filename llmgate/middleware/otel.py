@@ -49,6 +49,7 @@ from llmgate.config import ConfigError, OTLPConfig
 from llmgate.exchange import Exchange
 from llmgate.middleware import Middleware, MiddlewareContext
 from llmgate.middleware import genai
+from llmgate.middleware.attempts import attempts_of
 from llmgate.redact import Scrubber
 
 #: The key of this middleware's state in ``exchange.notes``.
@@ -87,42 +88,6 @@ def build(config: Mapping[str, Any], context: MiddlewareContext) -> "OtelMiddlew
         upstream=llm.base_url,
         scrubber=Scrubber([llm.api_key, *otlp.headers.values()]),
     )
-
-
-@attrs.define
-class Attempt:
-    """
-    One try of the upstream, as a CLIENT span sees it.  Times are the
-    reactor clock's seconds.
-    """
-
-    started: float
-    ended: float | None
-    address: str
-    port: int
-    status: int | None = None
-    error_kind: str | None = None
-    upstream: str | None = None
-
-
-def attempts_of(exchange: Exchange, address: str, port: int) -> list[Attempt]:
-    """
-    The upstream attempts of a finished call: one per call today, from the
-    times the forwarder records on the exchange.
-    """
-    if exchange.sent_at is None:
-        return []
-    response = exchange.response
-    return [
-        Attempt(
-            started=exchange.sent_at,
-            ended=exchange.ended_at,
-            address=address,
-            port=port,
-            status=response.status if response is not None else None,
-            error_kind=exchange.error_kind if response is None else None,
-        )
-    ]
 
 
 @attrs.define
@@ -394,4 +359,4 @@ class _Getter:
 _GETTER = _Getter()
 
 
-__all__ = ["Attempt", "CallContext", "OtelMiddleware", "attempts_of", "build"]
+__all__ = ["CallContext", "OtelMiddleware", "build"]
