@@ -15,6 +15,7 @@ import openai
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet.task import deferLater
 from twisted.web.server import Site
 
 import attrs
@@ -267,7 +268,12 @@ def test_no_secret_reaches_the_collector_and_config_hides_its_headers(
 
 @pytest_twisted.inlineCallbacks
 def test_a_dead_collector_leaves_calls_alone_and_counts_the_lost_spans(make_gateway, upstream):
+    from twisted.logger import globalLogPublisher
+
     from tests.test_e2e_relay import closed_port
+
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
 
     port = yield closed_port()
     gateway = make_gateway(
@@ -285,6 +291,11 @@ def test_a_dead_collector_leaves_calls_alone_and_counts_the_lost_spans(make_gate
     text = yield metrics.text()
     assert 'llmgate_telemetry_spans_dropped_total{reason="export_failed"} 6.0' in text
     assert "llmgate_telemetry_spans_exported_total 0.0" in text
+    # The exporter's own complaint reaches the gateway's log, from the reactor.
+    yield deferLater(_reactor(), 0, lambda: None)
+    globalLogPublisher.removeObserver(logged.append)
+    complaints = [e for e in logged if "otel_logger" in e]
+    assert complaints and "export" in complaints[-1]["message"].lower()
 
 
 @pytest_twisted.inlineCallbacks

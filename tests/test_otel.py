@@ -145,6 +145,7 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual([m.name for m in built], ["printer", "otel"])
         verifyObject(IMiddleware, built[-1])
         built[-1].queue.processor.shutdown()
+        built[-1].bridge.remove()
 
     def test_otel_listed_as_a_middleware_is_refused(self) -> None:
         config = parse({"middlewares": [{"type": "otel"}]})
@@ -257,6 +258,7 @@ class OtelMiddlewareTests(SynchronousTestCase):
             "https://api.example.com/",
         )
         self.addCleanup(middleware.queue.processor.shutdown)
+        self.addCleanup(middleware.bridge.remove)
         return middleware
 
     def run_call(self, middleware: OtelMiddleware, call: Exchange, document: Any = None) -> list[Any]:
@@ -376,6 +378,7 @@ class WireEncoderTests(SynchronousTestCase):
             clock, OTLPConfig(capture_content=True), exporter, "http://127.0.0.1:8080"
         )
         self.addCleanup(middleware.queue.processor.shutdown)
+        self.addCleanup(middleware.bridge.remove)
         for headers, status in (({}, 200), ({b"traceparent": [PARENT.encode()], b"tracestate": [b"k=v,x=y"]}, 503)):
             call = exchange(
                 {"model": "m", "temperature": 0.5, "stop": ["a", ""], "max_tokens": 0,

@@ -34,7 +34,7 @@ try:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     from opentelemetry.trace.status import Status, StatusCode
 
-    from llmgate.middleware.otelexport import SpanQueue, WireExporter
+    from llmgate.middleware.otelexport import LogBridge, SpanQueue, WireExporter
 except ImportError:  # without the otel extra: build() says what to install
     _INSTALLED = False
 else:
@@ -147,6 +147,8 @@ class OtelMiddleware(Middleware):
             max_queue=settings.max_queue,
             schedule_delay_millis=schedule_delay_millis,
         )
+        self.bridge = LogBridge(reactor)
+        self.bridge.install()
 
     # -- the middleware ---------------------------------------------------------
 
@@ -162,14 +164,12 @@ class OtelMiddleware(Middleware):
         self.queue.submit(self._spans(exchange, call))
 
     def state(self) -> Mapping[str, Any]:
-        return {
-            "endpoint": "(see telemetry.otlp)",
-            "sample_ratio": self.settings.sample_ratio,
-            **self.queue.state(),
-        }
+        return self.queue.state()
 
     def close(self) -> Any:
-        return self.queue.close(self.reactor, self.settings.timeout + 1)
+        return self.queue.close(self.reactor, self.settings.timeout + 1).addCallback(
+            lambda _: self.bridge.remove()
+        )
 
     def flush(self) -> Any:
         """

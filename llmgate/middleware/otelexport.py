@@ -11,6 +11,7 @@ and counted, before they cost anything.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, Sequence
 
@@ -18,9 +19,45 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from llmgate.middleware.otlpwire import WireEncoder
+
+
+class LogBridge(logging.Handler):
+    """
+    The SDK's and exporter's stdlib log records (a failed export, a
+    retry), handed to the reactor thread and logged through
+    ``twisted.logger``, so they land where and as the gateway's own do.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.reactor = reactor
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = LogLevel.error if record.levelno >= logging.ERROR else LogLevel.warn
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        self.reactor.callFromThread(
+            self.log.emit, level, "{otel_logger}: {message}",
+            otel_logger=record.name, message=message,
+        )
+
+    def install(self) -> None:
+        logger = logging.getLogger("opentelemetry")
+        logger.addHandler(self)
+        logger.propagate = False
+
+    def remove(self) -> None:
+        logger = logging.getLogger("opentelemetry")
+        logger.removeHandler(self)
+        if not logger.handlers:
+            logger.propagate = True
 
 
 class WireExporter(OTLPSpanExporter):
