@@ -31,7 +31,17 @@ _KINDS = {0: 1, 1: 2, 2: 3, 3: 4, 4: 5}
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 
-#: Attribute pairs kept encoded at most; past it the cache starts again.
+#: Attributes whose values differ on every span: never cached.
+UNIQUE = frozenset(
+    {
+        "gen_ai.response.id",
+        "gen_ai.conversation.id",
+        "llmgate.exchange.id",
+        "llmgate.time_to_first_token",
+    }
+)
+
+#: Values kept encoded per attribute at most; past it that cache starts again.
 _CACHE_SIZE = 4096
 
 
@@ -88,7 +98,7 @@ class WireEncoder:
     """
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[str, type, Any], bytes] = {}
+        self._pairs: dict[type, dict[str, dict[Any, bytes]]] = {}
         # Keyed by identity; the value holds the object too, so that its id
         # is never reused while cached.
         self._heads: dict[tuple[int, int], tuple[Any, bytes]] = {}
@@ -112,18 +122,26 @@ class WireEncoder:
     def _attributes(self, tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
             return b""
-        pairs = self._pairs
+        caches = self._pairs
         out = []
         for key, value in attributes.items():
             kind = value.__class__
-            # Typed keys: 1, 1.0 and True are equal as dict keys, not on the wire.
-            if (kind is str and len(value) <= 64) or kind is int or kind is float:
-                cached = (key, kind, value)
-                encoded = pairs.get(cached)
+            # One cache per key and type (1, 1.0 and True are equal as dict
+            # keys, not on the wire), nested so that a lookup allocates nothing.
+            if key not in UNIQUE and (
+                (kind is str and len(value) <= 64) or kind is int or kind is float
+            ):
+                by_key = caches.get(kind)
+                if by_key is None:
+                    by_key = caches[kind] = {}
+                values = by_key.get(key)
+                if values is None:
+                    values = by_key[key] = {}
+                encoded = values.get(value)
                 if encoded is None:
-                    if len(pairs) >= _CACHE_SIZE:
-                        pairs.clear()
-                    encoded = pairs[cached] = _field(tag, _key_value(key, value))
+                    if len(values) >= _CACHE_SIZE:
+                        values.clear()
+                    encoded = values[value] = _field(tag, _key_value(key, value))
             else:
                 encoded = _field(tag, _key_value(key, value))
             out.append(encoded)
