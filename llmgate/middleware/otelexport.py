@@ -12,6 +12,7 @@ and counted, before they cost anything.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Callable, Sequence
 
@@ -130,7 +131,7 @@ class SpanQueue:
         exporter: SpanExporter,
         max_queue: int = 2048,
         schedule_delay_millis: float | None = None,
-        max_export_batch_size: int = 512,
+        max_export_batch_size: int | None = None,
     ) -> None:
         self.counting = CountingExporter(exporter)
         self.max_queue = max_queue
@@ -138,7 +139,8 @@ class SpanQueue:
             self.counting,
             max_queue_size=max_queue,
             schedule_delay_millis=schedule_delay_millis,
-            max_export_batch_size=min(max_export_batch_size, max_queue),
+            # None: the SDK's default (512) or OTEL_BSP_MAX_EXPORT_BATCH_SIZE.
+            max_export_batch_size=_batch_size(max_export_batch_size, max_queue),
         )
         self.queued = 0
         self.dropped = 0
@@ -197,6 +199,19 @@ class SpanQueue:
         )
         thread.start()
         return done
+
+
+def _batch_size(wanted: int | None, max_queue: int) -> int:
+    """
+    Spans per export: as asked, else ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` or
+    the SDK's 512; never more than the queue holds.
+    """
+    if wanted is None:
+        try:
+            wanted = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"))
+        except ValueError:
+            wanted = 512
+    return max(1, min(wanted, max_queue))
 
 
 def _then(first: Callable[[], Any], after: Callable[[], Any]) -> Callable[[], None]:
