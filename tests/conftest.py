@@ -8,6 +8,7 @@ Unit tests do not use these: they are trial ``SynchronousTestCase``s on
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator
 
 import attrs
@@ -17,6 +18,23 @@ import pytest_twisted
 from llmgate import config as configuration
 from llmgate.service import GatewayParts
 from tests.fakeupstream import FakeUpstream
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _write_under_a_temporary_directory(tmp_path_factory: Any) -> Iterator[None]:
+    """
+    Run the session in a temporary directory, as trial does in
+    ``_trial_temp``: ``mktemp()`` paths, relative trace directories and
+    hypothesis' example database then land there, not in the checkout.
+    """
+    from hypothesis import configuration
+
+    directory = tmp_path_factory.mktemp("cwd")
+    configuration.set_hypothesis_home_dir(str(directory / ".hypothesis"))
+    previous = os.getcwd()
+    os.chdir(directory)
+    yield
+    os.chdir(previous)
 
 
 @attrs.define
