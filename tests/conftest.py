@@ -9,6 +9,8 @@ Unit tests do not use these: they are trial ``SynchronousTestCase``s on
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any, Callable, Iterator
 
 import attrs
@@ -20,21 +22,25 @@ from llmgate.service import GatewayParts
 from tests.fakeupstream import FakeUpstream
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _write_under_a_temporary_directory(tmp_path_factory: Any) -> Iterator[None]:
+def pytest_configure(config: Any) -> None:
     """
-    Run the session in a temporary directory, as trial does in
+    Run the session in a temporary directory, as trial runs in
     ``_trial_temp``: ``mktemp()`` paths, relative trace directories and
-    hypothesis' example database then land there, not in the checkout.
+    hypothesis' files (which it writes from collection on) land there, not
+    in the checkout; the directory is removed at the end.
     """
-    from hypothesis import configuration
+    from hypothesis import configuration as hypothesis_configuration
 
-    directory = tmp_path_factory.mktemp("cwd")
-    configuration.set_hypothesis_home_dir(str(directory / ".hypothesis"))
+    directory = tempfile.mkdtemp(prefix="llmgate-tests-")
+    hypothesis_configuration.set_hypothesis_home_dir(os.path.join(directory, ".hypothesis"))
     previous = os.getcwd()
     os.chdir(directory)
-    yield
-    os.chdir(previous)
+
+    def restore() -> None:
+        os.chdir(previous)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    config.add_cleanup(restore)
 
 
 @attrs.define
