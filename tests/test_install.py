@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 from markdown_it import MarkdownIt
@@ -43,12 +44,36 @@ def install_steps(path: str) -> list[str]:
     raise AssertionError(f"{path} has no systemd install block")
 
 
-def run_as_dynamic_user(*argv: str) -> subprocess.CompletedProcess[str]:
+def run_as_dynamic_user(*argv: str, **environ: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(argv), capture_output=True, text=True, timeout=60, cwd="/",
         user=DYNAMIC_ID, group=DYNAMIC_ID, extra_groups=[],
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **environ},
     )
+
+
+def validate_as_dynamic_user(config: str, **environ: str) -> subprocess.CompletedProcess[str] | None:
+    """
+    ``python -m llmgate --validate-config`` as the unprivileged user, as the
+    unit's user would run it; None when no interpreter here is open to that
+    user (this venv's may live under a private home directory).
+    """
+    site = sysconfig.get_paths()["purelib"]
+    bootstrap = (
+        f"import sys; sys.path[:0] = [{ROOT!r}, {site!r}]; "
+        "from llmgate.__main__ import main; main()"
+    )
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for interpreter in (sys.executable, f"/usr/bin/python{version}"):
+        try:
+            probe = run_as_dynamic_user(interpreter, "-c", bootstrap, "--help")
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return run_as_dynamic_user(
+                interpreter, "-c", bootstrap, "--validate-config", config, **environ
+            )
+    return None
 
 
 class SystemdInstallTests(SynchronousTestCase):
@@ -117,6 +142,13 @@ class SystemdInstallTests(SynchronousTestCase):
         result = run_as_dynamic_user("cat", secrets)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("Permission denied", result.stderr)
+        # The daemon's own check, as that user, with the key systemd passes.
+        validated = validate_as_dynamic_user(config, LLM_API_KEY="sk-secret-for-the-test")
+        if validated is None:
+            self.skipTest("no Python here that the unprivileged user may run")
+        self.assertEqual(validated.returncode, 0, validated.stderr)
+        self.assertIn("configuration OK", validated.stdout)
+        self.assertIn("key configured", validated.stdout)
 
     def test_the_old_steps_would_have_failed_this_test(self) -> None:
         """
@@ -136,6 +168,10 @@ class SystemdInstallTests(SynchronousTestCase):
         result = run_as_dynamic_user("cat", config)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("Permission denied", result.stderr)
+        validated = validate_as_dynamic_user(config)
+        if validated is not None:  # what the issue saw
+            self.assertEqual(validated.returncode, 2)
+            self.assertIn("Permission denied", validated.stderr)
 
 
 class MakefileTests(SynchronousTestCase):
