@@ -377,6 +377,8 @@ def test_a_failover_shows_two_client_spans_under_the_call(make_gateway, upstream
     assert live.attributes["llmgate.upstream"] == "live"
     assert live.attributes["http.response.status_code"] == 200
     assert live.attributes["server.port"] == int(upstream.url.rsplit(":", 1)[1])
+    assert server.attributes["llmgate.upstream"] == "live"
+    assert server.attributes["server.port"] == live.attributes["server.port"]
     assert refused.end <= live.start <= live.end <= server.end
     seen = upstream.resource.seen[-1].header(b"traceparent").decode()
     assert seen.split("-")[1] == server.trace_id

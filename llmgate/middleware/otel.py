@@ -252,7 +252,8 @@ class OtelMiddleware(Middleware):
 
         spans = []
         client_ids = call.client_span_ids
-        for index, attempt in enumerate(attempts_of(exchange, self.address, self.port)):
+        attempts = attempts_of(exchange, self.address, self.port)
+        for index, attempt in enumerate(attempts):
             if index >= len(client_ids):
                 client_ids.append(self.ids.generate_span_id())
             client_attributes = {
@@ -288,8 +289,12 @@ class OtelMiddleware(Middleware):
             )
 
         attributes.update(genai.response_attributes(exchange))
-        attributes["server.address"] = self.address
-        attributes["server.port"] = self.port
+        # The upstream that answered (or was tried last).
+        last = attempts[-1] if attempts else None
+        attributes["server.address"] = last.address if last else self.address
+        attributes["server.port"] = last.port if last else self.port
+        if last is not None and last.upstream is not None:
+            attributes["llmgate.upstream"] = last.upstream
         attributes["llmgate.exchange.id"] = exchange.id
         if exchange.session_id is not None:
             attributes["gen_ai.conversation.id"] = exchange.session_id
