@@ -380,5 +380,6 @@ def test_a_failover_shows_two_client_spans_under_the_call(make_gateway, upstream
     assert server.attributes["llmgate.upstream"] == "live"
     assert server.attributes["server.port"] == live.attributes["server.port"]
     assert refused.end <= live.start <= live.end <= server.end
+    # The upstream that answered saw the traceparent naming its CLIENT span.
     seen = upstream.resource.seen[-1].header(b"traceparent").decode()
-    assert seen.split("-")[1] == server.trace_id
+    assert seen == f"00-{server.trace_id}-{live.span_id}-01"

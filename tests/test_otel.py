@@ -464,3 +464,19 @@ class AttemptsTests(SynchronousTestCase):
         self.assertEqual((first.address, first.port, first.error_kind), ("10.0.0.1", 8000, "upstream_refused"))
         self.assertEqual((second.address, second.port, second.error_kind, second.status), ("::1", 9000, None, 503))
         self.assertEqual((third.upstream, third.ended), ("c", 100.5))
+
+
+class ClientIdsTests(SynchronousTestCase):
+    def test_the_id_sent_upstream_goes_to_the_last_attempt(self) -> None:
+        from llmgate.middleware.otel import CallContext
+
+        clock = MemoryReactorClock()
+        middleware = OtelMiddleware(clock, OTLPConfig(), InMemorySpanExporter(), "http://h")
+        self.addCleanup(middleware.queue.processor.shutdown)
+        self.addCleanup(middleware.bridge.remove)
+        call = CallContext(trace_id=1, span_id=2, sampled=True, client_span_ids=[7])
+        self.assertEqual(middleware._client_ids(call, 0), [])
+        self.assertEqual(middleware._client_ids(call, 1), [7])
+        first, last = middleware._client_ids(call, 2)
+        self.assertEqual(last, 7)
+        self.assertNotIn(first, (0, 7))

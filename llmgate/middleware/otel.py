@@ -251,11 +251,9 @@ class OtelMiddleware(Middleware):
         start = wall(exchange.received, end)
 
         spans = []
-        client_ids = call.client_span_ids
         attempts = attempts_of(exchange, self.address, self.port)
+        client_ids = self._client_ids(call, len(attempts))
         for index, attempt in enumerate(attempts):
-            if index >= len(client_ids):
-                client_ids.append(self.ids.generate_span_id())
             client_attributes = {
                 key: attributes[key]
                 for key in ("gen_ai.operation.name", "gen_ai.provider.name",
@@ -333,6 +331,19 @@ class OtelMiddleware(Middleware):
             )
         )
         return spans
+
+    def _client_ids(self, call: CallContext, count: int) -> list[int]:
+        """
+        A CLIENT span id per attempt.  The ids sent upstream go to the last
+        attempts: with one ``traceparent`` for every attempt (no hook per
+        attempt yet), the upstream that answered is the one whose trace joins
+        its CLIENT span; earlier attempts get fresh ids.
+        """
+        sent = call.client_span_ids
+        missing = count - len(sent)
+        if missing <= 0:
+            return sent[:count] if count else []
+        return [self.ids.generate_span_id() for _ in range(missing)] + sent
 
     def _content(self, exchange: Exchange) -> dict[str, str]:
         """
