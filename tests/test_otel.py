@@ -174,9 +174,15 @@ class RegistryTests(SynchronousTestCase):
         ).stdout
         self.assertEqual(out.strip(), "False")
 
-    def test_a_gateway_without_telemetry_never_imports_opentelemetry(self) -> None:
+    def test_a_gateway_without_telemetry_builds_without_the_packages(self) -> None:
         script = (
             "import sys\n"
+            "import importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('opentelemetry', 'google'):\n"
+            "            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
             "from twisted.internet.testing import MemoryReactorClock\n"
             "from llmgate.config import parse\n"
             "from llmgate.service import GatewayParts\n"
