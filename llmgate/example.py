@@ -43,6 +43,9 @@ session:
   session_ttl_seconds: 3600
   fuzzy_matching: true
   reset_phrases: ["start over", "new conversation", "new chat"]
+  # request headers naming the client's own session, first present wins
+  client_headers: ["x-llmgate-session-id", "x-claude-code-session-id", "session-id", "thread-id",
+                   "x-session-affinity", "x-opencode-session"]
 
 logging:
   level: "info"        # debug | info | warn | error | critical

@@ -43,10 +43,11 @@ CONTINUED = "continued"
 BRANCHED = "branched"  # from an earlier state: regeneration, edit
 RETRY = "retry"
 TRUNCATED = "truncated"  # oldest turns dropped by the client
+SYSTEM_CHANGED = "system_changed"  # the client rewrote its system prompt
 PREVIOUS_RESPONSE = "previous_response"
 NEW = "new"
 RESET = "reset"
-FUZZY = frozenset({BRANCHED, RETRY, TRUNCATED})
+FUZZY = frozenset({BRANCHED, RETRY, TRUNCATED, SYSTEM_CHANGED})
 
 
 @attrs.frozen
@@ -109,6 +110,15 @@ class SessionDetector:
         return key_of(b"F", history.system, *window)
 
     @staticmethod
+    def system_key(first: bytes | None, end: int, window: list[Any]) -> bytes:
+        """
+        The exact key without the system prompt: the same first message, the
+        same length and the same last messages (answers included), whatever
+        system prompt the client sends this time.
+        """
+        return key_of(b"S", end, first, *window)
+
+    @staticmethod
     def response_key(response_id: str) -> bytes:
         return key_of(b"P", digest(response_id))
 
@@ -120,7 +130,7 @@ class SessionDetector:
         """
         Decide the session of a call.
 
-        :param named: a session id the client gave in ``x-llmgate-session-id``.
+        :param named: a session id the client gave in a header.
         :return: the pending record for :meth:`complete`, and the decision (or
             a Deferred of it, from a networked store).
         """
@@ -190,6 +200,9 @@ class SessionDetector:
             for window in windows:
                 keys.append(self.fuzzy_key(history, window))
                 kinds.append(TRUNCATED)
+            for end, window in zip(ends, windows):
+                keys.append(self.system_key(first, end, window))
+                kinds.append(SYSTEM_CHANGED)
         found = self.store.find(keys)
         if isinstance(found, Deferred):
             return found.addCallback(self._found, pending, kinds)
@@ -283,6 +296,7 @@ class SessionDetector:
         keys = [self.exact_key(history, first, end, window)]
         if self.config.fuzzy_matching:
             keys.append(self.fuzzy_key(history, window))
+            keys.append(self.system_key(first, end, window))
         if response_id:
             keys.append(self.response_key(response_id))
         return self.store.remember(session_id, keys)
