@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= etc/gateway.yaml
+# Where tests/clients/install.sh keeps the real CLIs between runs.
+CLIENTS_DIR ?= $(HOME)/.cache/llmgate/clients
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test unit-tests test-clients bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,8 +24,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 run: setup
 	$(BIN)/twistd --nodaemon --pidfile= llmgate --config $(CONFIG)
 
-test: setup
+# The whole suite, then the real agents (docs/clients.md).
+test: unit-tests test-clients
+
+unit-tests: setup
 	$(BIN)/python -m pytest -q
+
+# Claude Code and Codex from the npm registry, at pinned versions, through a
+# gateway in front of a fake provider on loopback (tests/clients/).
+test-clients: setup
+	bash tests/clients/install.sh $(CLIENTS_DIR)
+	LLMGATE_CLIENTS_BIN=$(CLIENTS_DIR)/node_modules/.bin $(BIN)/python -m pytest -q tests/clients
 
 bench: setup
 	bash bench/run.sh
