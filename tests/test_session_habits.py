@@ -47,6 +47,25 @@ class SystemChangedTests(SynchronousTestCase):
         later = gateway.call(anthropic(opening, assistant("hello"), user("again"), system="Agent."))
         self.assertEqual((later.session_id, later.how), (first.session_id, SYSTEM_CHANGED))
 
+    def test_an_edit_under_a_new_system_prompt_is_still_found(self) -> None:
+        gateway, conversation = self.conversation()
+        session = conversation.decisions[0].session_id
+        conversation.send()
+        conversation.messages[-1] = user("Run it twice")
+        conversation.system = "Today is 2026-12-05."
+        self.assertEqual(conversation.send(), type(conversation.decisions[0])(session, SYSTEM_CHANGED))
+
+    def test_truncation_with_a_new_system_prompt_is_lost(self) -> None:
+        """
+        The documented limit: one change at a time.
+        """
+        gateway, conversation = self.conversation()
+        conversation.turn("And a title")
+        conversation.turn("And a moral")
+        conversation.messages = conversation.messages[2:]
+        conversation.system = "Today is 2026-12-05."
+        self.assertEqual(conversation.send().how, NEW)
+
     def test_sharing_only_a_system_prompt_never_merges(self) -> None:
         gateway = Gateway()
         one = Conversation(gateway, "Write a poem")
