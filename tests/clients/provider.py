@@ -16,6 +16,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from tests.fakeupstream import _sse, _words
+
 
 @attrs.define
 class Call:
@@ -25,15 +27,6 @@ class Call:
     body: dict[str, Any]
     text: str = ""
     usage: dict[str, int] = attrs.field(factory=dict)
-
-
-def _sse(name: str, document: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + json.dumps(document).encode() + b"\n\n"
-
-
-def _words(text: str) -> list[str]:
-    words = text.split(" ")
-    return [word if i == 0 else " " + word for i, word in enumerate(words)]
 
 
 class Provider(Resource):
