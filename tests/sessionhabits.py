@@ -6,7 +6,10 @@ Codex (docs/clients.md):
 - ``system_changes``: the client rewrites its own system prompt between
   turns: a flag its first call carries and later ones drop (Claude Code's
   long-context beta line), a date that moves on, a model line that changes
-  when the user switches models.
+  when the user switches models; or (Anthropic) the context it injects
+  around the user's words: ``<system-reminder>`` blocks in the first
+  message rendered anew, the environment moved to a system message between
+  the turns (Claude Code continuing on another model).
 - ``client_headers``: some conversations carry a session header of the
   client's own (``x-claude-code-session-id``, ``session-id``, ``thread-id``,
   ``x-session-affinity``...), others none; now and then two tools pick one
@@ -72,7 +75,11 @@ def habit_clients(sim: "Simulation", number: int, scenario: str) -> list[list[Cl
 
 def _system_changes(client: Client, rng: random.Random) -> None:
     base = client.system
-    kind = rng.choice(("flag", "date", "model"))
+    kinds = ("flag", "date", "model", "context") if isinstance(client, ChatClient) and client.provider == "anthropic" else ("flag", "date", "model")
+    kind = rng.choice(kinds)
+    if kind == "context":
+        client.on_prepare = _context_rewriter(1)
+        return
     if kind == "flag":
         # The first call says more than the later ones.
         client.system = base + "\nContext window: 1M tokens (beta)."
@@ -91,6 +98,30 @@ def _system_changes(client: Client, rng: random.Random) -> None:
         c.system = base + lines[sum(1 for t in turns if c.done >= t)]
 
     client.on_prepare = change
+
+
+def _context_rewriter(turn: int) -> Any:
+    """
+    Claude Code's context around the first message: reminders before the
+    user's words, rendered anew at ``turn``, when the environment also moves
+    into a system message after the first message.
+    """
+
+    def rewrite(client: Any) -> None:
+        first = client.history[0]
+        content = first["content"]
+        words = content if isinstance(content, str) else content[-1]["text"]
+        if client.done == 0:
+            reminders = ["<system-reminder>\nEnvironment: cwd /repo, platform linux, date 2026-12-04\n</system-reminder>",
+                         "<system-reminder>\nContents of CLAUDE.md: run make test before committing.\n</system-reminder>"]
+        elif client.done == turn:
+            reminders = ["<system-reminder>\nAttribution: add a Co-Authored-By line to commits.\n</system-reminder>"]
+            client.history.insert(1, {"role": "system", "content": "# Environment\ncwd /repo, platform linux, date 2026-12-05"})
+        else:
+            return
+        first["content"] = [{"type": "text", "text": text} for text in reminders] + [{"type": "text", "text": words}]
+
+    return rewrite
 
 
 def _session_header(sim: "Simulation", client: Client, rng: random.Random) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from llmgate.config import ConfigError, SessionConfig, parse
 from llmgate.sessions.detect import CONTINUED, HEADER, NEW, SYSTEM_CHANGED, TRUNCATED, SessionDetector
+from llmgate.sessions.canonical import reduce_message
 from llmgate.sessions.memory import MemorySessionStore
 from llmgate.sessions.stage import SessionStage
 from tests.test_sessions import Conversation, Gateway, anthropic, answered, assistant, chat, make_exchange, user
@@ -210,3 +211,52 @@ class ClientHeaderTests(SynchronousTestCase):
             {name.lower(): values for name, values in upstream.getAllRawHeaders()},
             {CLAUDE: [b"c1"], b"session-id": [b"s1"], b"thread-id": [b"t1"], b"x-session-affinity": [b"a1"]},
         )
+
+
+class InjectedContextTests(SynchronousTestCase):
+    """
+    Claude Code continuing a conversation on another model renders the
+    context around the user's words anew: other ``<system-reminder>``
+    blocks in the first message, the environment as a system message
+    between the turns.  Reminders are never part of a message; the system
+    key passes over system messages.
+    """
+
+    def reminder(self, text: str) -> dict[str, str]:
+        return {"type": "text", "text": f"<system-reminder>\n{text}\n</system-reminder>"}
+
+    def test_context_rendered_anew_continues(self) -> None:
+        gateway = Gateway()
+        words = {"type": "text", "text": "Say hello"}
+        first = gateway.call(anthropic(user([self.reminder("cwd /a, 1M context"), words])), assistant("hello"))
+        again = anthropic(
+            user([self.reminder("attribution"), words]),
+            {"role": "system", "content": "# Environment\ncwd /a"},
+            assistant("hello"),
+            user("again"),
+        )
+        self.assertEqual(gateway.call(again), type(first)(first.session_id, SYSTEM_CHANGED))
+
+    def test_a_message_of_reminders_only_is_an_empty_turn(self) -> None:
+        reduced = reduce_message("anthropic", user([self.reminder("a file changed")]))
+        self.assertEqual(reduced, ("user", []))
+        self.assertEqual(reduce_message("openai", user("<system-reminder>x</system-reminder> hi ")), ("user", [("text", "hi")]))
+
+    def test_other_words_around_one_reminder_stay_apart(self) -> None:
+        gateway = Gateway()
+        first = gateway.call(anthropic(user([self.reminder("ctx"), {"type": "text", "text": "Say hello"}])), assistant("hello"))
+        other = gateway.call(
+            anthropic(user([self.reminder("ctx"), {"type": "text", "text": "Say goodbye"}]), assistant("hello"), user("again"))
+        )
+        self.assertEqual(other.how, NEW)
+        self.assertNotEqual(other.session_id, first.session_id)
+
+    def test_system_messages_between_turns_are_left_out(self) -> None:
+        gateway = Gateway()
+        first = gateway.call(chat(user("Hi")), assistant("Hello!"))
+        later = chat(user("Hi"), {"role": "developer", "content": "date: today"}, assistant("Hello!"), user("more"))
+        self.assertEqual(gateway.call(later), type(first)(first.session_id, SYSTEM_CHANGED))
+        # and the new layout is the state to continue, exactly
+        again = chat(user("Hi"), {"role": "developer", "content": "date: today"}, assistant("Hello!"), user("more"),
+                     assistant("answer number 1"), user("and more"))
+        self.assertEqual(gateway.call(again).how, CONTINUED)

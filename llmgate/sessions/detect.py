@@ -75,6 +75,38 @@ class Pending:
     create: bool = True
 
 
+#: System messages skipped at most when the system key looks for turns.
+MAX_SKIPPED = 16
+
+
+def _is_system(message: Any) -> bool:
+    """
+    A system (or developer) message among the turns: system material a
+    client places between them (Claude Code's environment and model lines,
+    Codex's instructions), which the system key passes over.
+    """
+    return isinstance(message, dict) and message.get("role") in ("system", "developer")
+
+
+def _turns_key(get: Callable[[int], bytes], is_system: Callable[[int], bool], end: int) -> bytes:
+    """
+    The system key of the state ending at ``end``: its first turn and its
+    last :data:`WINDOW` turns, system messages passed over, so that neither
+    the system prompt nor the system material between the turns counts.
+    Only the two ends of the history are looked at.
+    """
+    window: list[bytes | None] = []
+    index, skipped = end - 1, 0
+    while index >= 0 and len(window) < WINDOW and skipped <= MAX_SKIPPED:
+        if is_system(index):
+            skipped += 1
+        else:
+            window.append(get(index))
+        index -= 1
+    first = next((get(i) for i in range(min(end, MAX_SKIPPED)) if not is_system(i)), None)
+    return key_of(b"S", first, *([None] * (WINDOW - len(window))), *reversed(window))
+
+
 def _is_answer(message: Any) -> bool:
     if not isinstance(message, dict):
         return False
@@ -110,13 +142,16 @@ class SessionDetector:
         return key_of(b"F", history.system, *window)
 
     @staticmethod
-    def system_key(first: bytes | None, end: int, window: list[Any]) -> bytes:
+    def system_key(history: History, get: Callable[[int], bytes], end: int) -> bytes:
         """
-        The exact key without the system prompt: the same first message, the
-        same length and the same last messages (answers included), whatever
-        system prompt the client sends this time.
+        The key of a state whatever system prompt the client sends this
+        time: the same first turn and the same last turns (answers included),
+        system messages among them passed over (see :func:`_turns_key`);
+        indices past the history's messages are its answer's.
         """
-        return key_of(b"S", end, first, *window)
+        messages = history.messages
+        count = len(messages)
+        return _turns_key(get, lambda i: i < count and _is_system(messages[i]), end)
 
     @staticmethod
     def response_key(response_id: str) -> bytes:
@@ -200,8 +235,8 @@ class SessionDetector:
             for window in windows:
                 keys.append(self.fuzzy_key(history, window))
                 kinds.append(TRUNCATED)
-            for end, window in zip(ends, windows):
-                keys.append(self.system_key(first, end, window))
+            for end in ends:
+                keys.append(self.system_key(history, get, end))
                 kinds.append(SYSTEM_CHANGED)
         found = self.store.find(keys)
         if isinstance(found, Deferred):
@@ -296,7 +331,7 @@ class SessionDetector:
         keys = [self.exact_key(history, first, end, window)]
         if self.config.fuzzy_matching:
             keys.append(self.fuzzy_key(history, window))
-            keys.append(self.system_key(first, end, window))
+            keys.append(self.system_key(history, get, end))
         if response_id:
             keys.append(self.response_key(response_id))
         return self.store.remember(session_id, keys)
