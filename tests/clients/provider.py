@@ -171,17 +171,24 @@ class Provider(Resource):
             "id": item_id, "type": "message", "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": call.text, "annotations": [], "logprobs": []}],
         }
+        reasoning = call.body.get("reasoning")
+        thinks = isinstance(reasoning, dict) and reasoning.get("effort") not in (None, "none")
+        thought = {
+            "id": f"rs_fake{serial:06d}", "type": "reasoning", "encrypted_content": "ZW5jcnlwdGVk",
+            "summary": [{"type": "summary_text", "text": "Thinking it over."}],
+        }
+        output = [thought, item] if thinks else [item]
         response = {
             "id": f"resp_fake{serial:06d}", "object": "response", "created_at": 1796400000,
             "status": "completed", "error": None, "incomplete_details": None,
             "instructions": call.body.get("instructions"), "model": call.body.get("model", "gpt-fake"),
-            "output": [item], "parallel_tool_calls": True, "previous_response_id": None,
+            "output": output, "parallel_tool_calls": True, "previous_response_id": None,
             "store": False, "tool_choice": "auto", "tools": [],
             "usage": {
                 "input_tokens": usage["input"],
                 "input_tokens_details": {"cached_tokens": usage["cached"]},
                 "output_tokens": usage["output"],
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 4 if thinks else 0},
                 "total_tokens": usage["input"] + usage["output"],
             },
         }
@@ -194,25 +201,31 @@ class Provider(Resource):
             return _sse(kind, {"type": kind, "sequence_number": next(sequence), **fields})
 
         opening = dict(response, status="in_progress", output=[], usage=None)
+        events = [event("response.created", response=opening), event("response.in_progress", response=opening)]
+        at = 0
+        if thinks:
+            summary = thought["summary"][0]
+            where = {"item_id": thought["id"], "output_index": 0, "summary_index": 0}
+            events += [
+                event("response.output_item.added", output_index=0, item=dict(thought, summary=[])),
+                event("response.reasoning_summary_part.added", **where, part=dict(summary, text="")),
+                event("response.reasoning_summary_text.delta", **where, delta=summary["text"]),
+                event("response.reasoning_summary_text.done", **where, text=summary["text"]),
+                event("response.reasoning_summary_part.done", **where, part=summary),
+                event("response.output_item.done", output_index=0, item=thought),
+            ]
+            at = 1
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        events = [
-            event("response.created", response=opening),
-            event("response.in_progress", response=opening),
-            event("response.output_item.added", output_index=0,
-                  item=dict(item, status="in_progress", content=[])),
-            event("response.content_part.added", item_id=item_id, output_index=0, content_index=0, part=part),
-        ]
+        where = {"item_id": item_id, "output_index": at, "content_index": 0}
         events += [
-            event("response.output_text.delta", item_id=item_id, output_index=0, content_index=0,
-                  delta=word, logprobs=[])
-            for word in _words(call.text)
+            event("response.output_item.added", output_index=at, item=dict(item, status="in_progress", content=[])),
+            event("response.content_part.added", **where, part=part),
         ]
+        events += [event("response.output_text.delta", **where, delta=word, logprobs=[]) for word in _words(call.text)]
         events += [
-            event("response.output_text.done", item_id=item_id, output_index=0, content_index=0,
-                  text=call.text, logprobs=[]),
-            event("response.content_part.done", item_id=item_id, output_index=0, content_index=0,
-                  part=item["content"][0]),
-            event("response.output_item.done", output_index=0, item=item),
+            event("response.output_text.done", **where, text=call.text, logprobs=[]),
+            event("response.content_part.done", **where, part=item["content"][0]),
+            event("response.output_item.done", output_index=at, item=item),
             event("response.completed", response=response),
         ]
         return self._stream(request, events)

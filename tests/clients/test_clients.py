@@ -221,6 +221,8 @@ def codex(home: Path, url: str) -> tuple[dict[str, str], list[list[str]], list[s
     (codex_home / "config.toml").write_text(
         'model = "gpt-fake"\n'
         'model_provider = "llmgate"\n'
+        'model_reasoning_effort = "low"\n'
+        'model_reasoning_summary = "auto"\n'
         "check_for_update_on_startup = false\n\n"
         "[model_providers.llmgate]\n"
         'name = "llmgate"\n'
