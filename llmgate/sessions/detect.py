@@ -1,9 +1,10 @@
 """
-Deciding which session a call belongs to, from its history alone.
+Deciding which session a call belongs to, from its history (or from the
+session a client names in a header, which the stage reads).
 
 A conversation *state* is a history that ends with an answer.  When a call
-completes, the state "its history + its answer" is remembered under two keys
-that name the session; a later call whose history starts with that state
+completes, the state "its history + its answer" is remembered under keys
+that name the session (exact, fuzzy, system); a later call whose history starts with that state
 continues the session.  Keys are built from the digests of the messages next
 to the state's end (and the system prompt, the first message and the length),
 so a lookup hashes only the end of a history, whatever its length.  The rules,
