@@ -308,9 +308,12 @@ class OtelMiddlewareTests(SynchronousTestCase):
         for values in ([b"00-zz-yy-01"], [PARENT.encode(), PARENT.encode()]):
             self.exporter.clear()
             middleware = self.middleware()
-            _, server = self.run_call(middleware, exchange(headers={b"traceparent": values}))
+            call = exchange(headers={b"traceparent": values, b"tracestate": [b"a=1"]})
+            _, server = self.run_call(middleware, call)
             self.assertIsNone(server.parent)
             self.assertNotEqual(f"{server.context.trace_id:032x}", PARENT.split("-")[1])
+            self.assertEqual(len(call.request.headers.getRawHeaders(b"traceparent")), 1)
+            self.assertFalse(call.request.headers.hasHeader(b"tracestate"))
 
     def test_sample_ratio_zero_records_nothing_but_still_propagates(self) -> None:
         middleware = self.middleware(sample_ratio=0.0)

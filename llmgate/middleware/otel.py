@@ -81,12 +81,15 @@ def build(config: Mapping[str, Any], context: MiddlewareContext) -> "OtelMiddlew
         timeout=otlp.timeout,
     )
     llm = context.config.llm
+    # Every upstream's key (with failover, each upstream has its own).
+    upstreams = getattr(context.config, "upstreams", None) or {}
+    keys = [llm.api_key, *(getattr(u, "api_key", None) for u in upstreams.values())]
     return OtelMiddleware(
         reactor=context.reactor,
         settings=otlp,
         exporter=exporter,
         upstream=llm.base_url,
-        scrubber=Scrubber([llm.api_key, *otlp.headers.values()]),
+        scrubber=Scrubber([*keys, *otlp.headers.values()]),
     )
 
 
@@ -220,15 +223,19 @@ class OtelMiddleware(Middleware):
     def _attempt_started(self, exchange: Exchange, call: CallContext) -> None:
         """
         A new upstream attempt: a CLIENT span id, and a ``traceparent`` naming
-        it on the request the upstream will see (the client's is replaced;
-        its ``tracestate`` goes on unchanged).
+        it on the request the upstream will see.  The client's is replaced;
+        its ``tracestate`` goes on unchanged, or is dropped with a
+        ``traceparent`` that was not valid (W3C: it belonged to that trace).
         """
         span_id = self.ids.generate_span_id()
         call.client_span_ids.append(span_id)
         flags = "01" if call.sampled else "00"
-        exchange.request.headers.setRawHeaders(
+        headers = exchange.request.headers
+        headers.setRawHeaders(
             b"traceparent", [f"00-{call.trace_id:032x}-{span_id:016x}-{flags}".encode()]
         )
+        if call.parent is None and headers.hasHeader(b"tracestate"):
+            headers.removeHeader(b"tracestate")
 
     # -- spans ----------------------------------------------------------------------
 
