@@ -77,6 +77,9 @@ def _any_value(value: Any) -> bytes:
         return _field(b"\x3a", value)
     if value is None:
         return b""
+    if value.__class__ is tuple or value.__class__ is list:
+        # Before the abstract checks below, which cost microseconds each.
+        return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(v)) for v in value))
     if isinstance(value, Mapping):
         pairs = b"".join(_field(b"\x0a", _key_value(str(k), v)) for k, v in value.items())
         return _field(b"\x32", pairs)
