@@ -19,7 +19,7 @@ from twisted.internet import tcp
 _PLAIN_TCP = (tcp.Client, tcp.Server)
 
 
-def send_now(transport: Any, data: bytes) -> None:
+def send_now(transport: Any, data: bytes) -> bool | None:
     """
     ``transport.write(data)``, but sent at once when nothing is waiting in
     the transport's buffer.  Anything not plain TCP (TLS, tests' string
@@ -27,6 +27,10 @@ def send_now(transport: Any, data: bytes) -> None:
     does whatever the socket did not take (flow control then works as
     always: a full buffer pauses the producer) and any error, which Twisted's
     write then finds and reports as usual.
+
+    :return: False when the socket refused the write with an error before
+        taking any byte (the data provably never left), True when it took
+        bytes, None when Twisted's own path was taken and nobody knows yet.
     """
     if (
         type(transport) in _PLAIN_TCP
@@ -38,8 +42,13 @@ def send_now(transport: Any, data: bytes) -> None:
         and not transport.dataBuffer
     ):
         sent = transport.writeSomeData(data)
-        if isinstance(sent, int) and sent > 0:
+        if not isinstance(sent, int):
+            transport.write(data)
+            return False
+        if sent > 0:
             if sent >= len(data):
-                return
-            data = data[sent:]
+                return True
+            transport.write(data[sent:])
+            return True
     transport.write(data)
+    return None
