@@ -12,9 +12,11 @@ The bytes are parsed by :class:`llmgate.http.parser.ResponseParser`.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as neterror
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -29,6 +31,10 @@ from llmgate.http.sendnow import send_now
 
 if TYPE_CHECKING:
     from llmgate.http.pool import UpstreamPool, _Attempts
+
+#: Transports whose socket :meth:`UpstreamConnection.quiet` may look at.
+_PLAIN_TCP = (tcp.Client,)
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 #: How every complete body ends; one instance, since a Failure is costly to
 #: build and this one carries no traceback.
@@ -218,7 +224,15 @@ class UpstreamConnection(Protocol):
             self._parser.feed(data)
         except UpstreamProtocolError:
             failure = Failure()
-            self._deliver()
+            answered, self._answered = self._answered, None
+            if answered is not None:
+                # The head came with the bad bytes and nobody has it yet:
+                # the request failed as a whole (a 502, not a cut answer).
+                self._response = None
+                self._parser.pieces = []
+                self._waiter = answered[0]
+            else:
+                self._deliver()
             self._fail(failure)
         finally:
             self._deliver()
@@ -298,6 +312,26 @@ class UpstreamConnection(Protocol):
             and not getattr(transport, "disconnecting", False)
             and not getattr(transport, "_aborting", False)
         )
+
+    def quiet(self) -> bool:
+        """
+        Whether the kernel holds nothing unread for this idle connection:
+        no stray byte and no close the reactor has not read yet.  Looked at
+        just before a request is written, it narrows the race HTTP/1.1
+        cannot close (stray bytes taken as the next request's answer) to
+        bytes still on the network.  Plain TCP only; any doubt is quiet.
+        """
+        handle = getattr(self.transport, "getHandle", None)
+        if handle is None or type(self.transport) not in _PLAIN_TCP:
+            return True
+        try:
+            pending = handle().recv(1, _PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        # Bytes, or b"" for a close: either way not a connection to write to.
+        return pending is None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         self._lost = True

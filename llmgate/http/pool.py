@@ -83,6 +83,8 @@ class UpstreamPool:
         self.connections_made = 0
         #: Requests sent a second time after a kept connection died.
         self.retries = 0
+        #: Kept connections dropped because bytes or a close waited unread.
+        self.dropped_unquiet = 0
 
     # -- sending ----------------------------------------------------------------
 
@@ -103,9 +105,15 @@ class UpstreamPool:
         idle = self._idle
         while idle:
             connection = idle.popleft()
-            if connection.usable():
-                self._active.add(connection)
-                return connection
+            if not connection.usable():
+                continue
+            if not connection.quiet():
+                # Stray bytes or a close wait unread: never written to.
+                self.dropped_unquiet += 1
+                connection.transport.abortConnection()  # type: ignore[union-attr]
+                continue
+            self._active.add(connection)
+            return connection
         return None
 
     def _connect(self) -> Deferred[UpstreamConnection]:
