@@ -26,8 +26,10 @@ import re
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from twisted.web.http_headers import Headers, _nameEncoder
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
+
+from llmgate.http import twisted_names
 
 # The parser's states.
 IDLE, HEAD, LENGTH, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, UNTIL_CLOSE, DONE = range(9)
@@ -54,9 +56,25 @@ _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
 #: Bytes no header value or reason phrase may hold (RFC 9110, 5.5).
 _FORBIDDEN = re.compile(rb"[\x00\r\n]")
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _token(name: bytes) -> bytes:
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(name)
+    return name.lower()
+
+
 #: Header names in Twisted's canonical form, cached: response heads are
-#: built straight into a ``Headers``, each name checked to be a token.
-_canonical: Callable[[bytes], bytes] = _nameEncoder.encode
+#: built straight into a ``Headers``, each name checked to be a token.  On
+#: a Twisted without the private encoder, names are checked here and given
+#: to ``Headers`` through its public method.
+try:
+    from twisted.web.http_headers import _nameEncoder
+
+    _canonical: Callable[[bytes], bytes] = _nameEncoder.encode
+except ImportError:  # pragma: no cover - a Twisted not tested
+    _canonical = _token
 
 
 class UpstreamProtocolError(Exception):
@@ -225,9 +243,9 @@ class ResponseParser:
         phrase = status[2] if len(status) > 2 else b""
         if _FORBIDDEN.search(phrase):
             raise self._error("reason phrase holds CR or NUL")
-        headers = Headers()
-        raw = headers._rawHeaders
-        encode = _canonical
+        fast = twisted_names.FAST_HEADERS
+        raw: dict[bytes, list[bytes]] = {}
+        encode = _canonical if fast else _token
         length_values: list[bytes] = []
         chunked = False
         transfer_encoded = False
@@ -267,6 +285,13 @@ class ResponseParser:
                 previous = raw[key] = [value]
             else:
                 previous.append(value)
+        headers = Headers()
+        if fast:
+            headers._rawHeaders = raw
+        else:
+            for key, values in raw.items():
+                for value in values:
+                    headers.addRawHeader(key, value)
         if 100 <= code < 200:
             if code == 101:
                 raise self._error("upstream switched protocols")
@@ -281,7 +306,7 @@ class ResponseParser:
             state = DONE
             if declared is not None and code != 204:
                 # The size of the body a GET would have had: relayed as is.
-                raw[b"Content-Length"] = [b"%d" % (declared,)]
+                headers.setRawHeaders(b"Content-Length", [b"%d" % (declared,)])
         elif transfer_encoded:
             # Transfer-Encoding wins over any Content-Length, and the message
             # cannot be trusted to leave the connection clean.

@@ -15,6 +15,8 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from llmgate.http import twisted_names
+
 #: Transports whose writes :func:`send_now` may start itself: plain TCP.
 _PLAIN_TCP = (tcp.Client, tcp.Server)
 
@@ -33,7 +35,8 @@ def send_now(transport: Any, data: bytes) -> bool | None:
         bytes, None when Twisted's own path was taken and nobody knows yet.
     """
     if (
-        type(transport) in _PLAIN_TCP
+        twisted_names.SEND_AT_ONCE
+        and type(transport) in _PLAIN_TCP
         and transport.connected
         and not transport.disconnecting
         and not getattr(transport, "_aborting", True)

@@ -19,6 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from llmgate.providers import Provider
+from llmgate.http import twisted_names
 from llmgate.http.sendnow import send_now
 
 
@@ -264,7 +265,8 @@ class GatewayChannel(HTTPChannel):
         ``allContentReceived``, so the request is the one it would build.
         """
         if (
-            self.paused
+            not twisted_names.ONE_STEP_PARSER
+            or self.paused
             or self._busyReceiving
             or self._transferDecoder is not None
             or not self.persistent
