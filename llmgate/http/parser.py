@@ -77,6 +77,21 @@ except ImportError:  # pragma: no cover - a Twisted not tested
     _canonical = _token
 
 
+def _agreed_length(values: list[bytes]) -> int | None:
+    """
+    The one length that ``values`` (each possibly a list) agree on, or None
+    when one is not 1-18 digits or two differ (RFC 9110, 8.6).
+    """
+    lengths = set()
+    for value in values:
+        for part in value.split(b","):
+            part = part.strip(b" \t")
+            if not _CONTENT_LENGTH.fullmatch(part):
+                return None
+            lengths.add(int(part))
+    return lengths.pop() if len(lengths) == 1 else None
+
+
 class UpstreamProtocolError(Exception):
     """
     The upstream broke HTTP/1.1 framing; the connection cannot be trusted.
@@ -300,12 +315,13 @@ class ResponseParser:
         # HTTP/1.0 closes unless it asks to keep alive; a close is never undone.
         close = said_close or (minor == 0 and not said_keep_alive)
         length: int | object = UNKNOWN_LENGTH
-        declared = self._content_length(length_values) if length_values else None
         if self._method == b"HEAD" or code in (204, 304):
             length = 0
             state = DONE
-            if declared is not None and code != 204:
-                # The size of the body a GET would have had: relayed as is.
+            declared = _agreed_length(length_values) if code != 204 else None
+            if declared is not None:
+                # The size of the body a GET would have had: relayed as is
+                # (a value that makes no sense is dropped: it frames nothing).
                 headers.setRawHeaders(b"Content-Length", [b"%d" % (declared,)])
         elif transfer_encoded:
             # Transfer-Encoding wins over any Content-Length, and the message
@@ -313,7 +329,10 @@ class ResponseParser:
             if length_values:
                 close = True
             state = CHUNK_SIZE if chunked else UNTIL_CLOSE
-        elif declared is not None:
+        elif length_values:
+            declared = _agreed_length(length_values)
+            if declared is None:
+                raise self._error(f"bad or conflicting Content-Length {length_values[:3]!r}")
             length = self._remaining = declared
             state = LENGTH if declared else DONE
         else:
@@ -325,18 +344,6 @@ class ResponseParser:
         self.sink.head_received(minor, code, phrase, headers, length)
         if state == DONE:
             self._body_ended(clean)
-
-    def _content_length(self, values: list[bytes]) -> int:
-        """
-        The one length that ``values`` (each possibly a list) agree on.
-        """
-        lengths = {part.strip(b" \t") for value in values for part in value.split(b",")}
-        if len(lengths) != 1:
-            raise self._error("conflicting Content-Length values")
-        value = lengths.pop()
-        if not _CONTENT_LENGTH.fullmatch(value):
-            raise self._error(f"bad Content-Length {value[:40]!r}")
-        return int(value)
 
     def _body_ended(self, clean: bool) -> None:
         self.state = DONE
