@@ -7,6 +7,10 @@ writable, switching the socket's write interest on and off around it (two
 whose writes are a whole request, a response head with its body, or one
 event of a stream, that bookkeeping cost more CPU than the write itself and
 a turn of the loop in latency.
+
+No RFC is implemented here: this is about when bytes leave, never which.
+Twisted's private names it reads are checked in
+:mod:`llmgate.http.twisted_names`; without them, Twisted's own write is used.
 """
 
 from __future__ import annotations

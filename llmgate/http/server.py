@@ -2,6 +2,15 @@
 The twisted.web server under the Klein app: a request class that enforces the
 request body limit, and a site without the per-request access log (the
 printer middleware logs calls, through ``twisted.logger``).
+
+Implements, over twisted.web's own parser, RFC 9112 section 2.2 (message
+parsing: a strict one-step path for whole requests, everything else left to
+twisted.web), 3 (the request line), 3.2 (exactly one ``Host``: two are a
+400), 5 (field lines: a token name, no CR, LF or NUL in a value), 6.1-6.3
+(body length: ``chunked`` is the only transfer coding, ``Content-Length``
+is digits, more than 18 of them a 413) and 9.5 (timeouts: a whole request
+within ``server.request_timeout``); RFC 9110 section 15.5.14 (413) and RFC
+6585 section 5 (431).
 """
 
 from __future__ import annotations
