@@ -14,8 +14,8 @@
 # keep-alive connection from a sequential client; the counters are zeroed
 # after the warm-up and dumped after the calls, every thread included (the
 # OpenTelemetry export thread too).  OTEL_BSP_SCHEDULE_DELAY is set to 60 s so
-# spans leave in full batches, as under load.  Ports: BENCH_INSTR_PORT (18380:
-# nginx; gateways on the next ports).  Only 127.0.0.1.
+# spans leave in full batches, as under load.  Ports: BENCH_INSTR_PORT (18680:
+# nginx; gateways on the next ports), refused when taken.  Only 127.0.0.1.
 set -euo pipefail
 export LC_ALL=C
 
@@ -44,12 +44,17 @@ command -v valgrind >/dev/null 2>&1 || {
     apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind
 }
 need_tools
-BASE_PORT="${BENCH_INSTR_PORT:-18380}"
+BASE_PORT="${BENCH_INSTR_PORT:-18680}"
 # configs/otel.yaml sends its spans to the nginx on this port.
 export BENCH_COMPARE_PORT="$BASE_PORT"
 IFS=, read -r -a NAMES <<<"$CONFIGS"
 for name in "${NAMES[@]}"; do
     [ -r "$HERE/configs/$name.yaml" ] || die "no config bench/configs/$name.yaml"
+done
+
+# A port someone else holds would answer in our place: refuse to start.
+for i in $(seq 0 "${#NAMES[@]}"); do
+    port_free $((BASE_PORT + i)) || die "port $((BASE_PORT + i)) on 127.0.0.1 is taken (set BENCH_INSTR_PORT)"
 done
 
 mk_work

@@ -240,88 +240,47 @@ class OtelMiddleware(Middleware):
     # -- spans ----------------------------------------------------------------------
 
     def _spans(self, exchange: Exchange, call: CallContext) -> list[Any]:
+        """
+        The call's spans: a CLIENT span per upstream attempt, then the SERVER
+        span.
+        """
         # The exchange's times are the reactor's seconds; spans want the wall
         # clock's nanoseconds.
         offset = time.time_ns() - int(self.reactor.seconds() * 1e9)
-
-        def wall(seconds: float | None, default: int) -> int:
-            return default if seconds is None else int(seconds * 1e9) + offset
-
-        sampled = _SAMPLED
+        end = time.time_ns() if exchange.ended_at is None else int(exchange.ended_at * 1e9) + offset
+        start = int(exchange.received * 1e9) + offset
         trace_state = call.parent.trace_state if call.parent is not None else None
-        server = SpanContext(call.trace_id, call.span_id, False, sampled, trace_state)
+        server = SpanContext(call.trace_id, call.span_id, False, _SAMPLED, trace_state)
         operation = genai.operation_of(exchange.request.path)
         attributes = genai.request_attributes(exchange, operation)
-        model = attributes.get("gen_ai.request.model")
-        name = genai.span_name(operation, model, exchange.request.method)
-        end = wall(exchange.ended_at, time.time_ns())
-        start = wall(exchange.received, end)
-
-        spans = []
+        name = genai.span_name(
+            operation, attributes.get("gen_ai.request.model"), exchange.request.method
+        )
         attempts = attempts_of(exchange, self.address, self.port)
         client_ids = self._client_ids(call, len(attempts))
-        for index, attempt in enumerate(attempts):
-            client_attributes = {
-                key: attributes[key]
-                for key in ("gen_ai.operation.name", "gen_ai.provider.name",
-                            "gen_ai.request.model", "http.request.method")
-                if key in attributes
-            }
-            client_attributes["server.address"] = attempt.address
-            client_attributes["server.port"] = attempt.port
-            if attempt.upstream is not None:
-                client_attributes["llmgate.upstream"] = attempt.upstream
-            if attempt.status is not None:
-                client_attributes["http.response.status_code"] = attempt.status
-            failure = attempt.error_kind or (
-                str(attempt.status) if attempt.status is not None and attempt.status >= 400 else None
-            )
-            if failure is not None:
-                client_attributes["error.type"] = failure
+        spans = []
+        for attempt, span_id in zip(attempts, client_ids):
+            client = _attempt_attributes(attributes, attempt)
             spans.append(
                 ReadableSpan(
                     name=name,
-                    context=SpanContext(call.trace_id, client_ids[index], False, sampled, trace_state),
+                    context=SpanContext(call.trace_id, span_id, False, _SAMPLED, trace_state),
                     parent=server,
                     resource=self.resource,
-                    attributes=client_attributes,
+                    attributes=client,
                     kind=SpanKind.CLIENT,
                     instrumentation_scope=self.scope,
-                    status=_ERROR if failure else _UNSET,
-                    start_time=wall(attempt.started, start),
-                    end_time=wall(attempt.ended, end),
+                    status=_ERROR if "error.type" in client else _UNSET,
+                    start_time=int(attempt.started * 1e9) + offset,
+                    end_time=end if attempt.ended is None else int(attempt.ended * 1e9) + offset,
                 )
             )
-
-        attributes.update(genai.response_attributes(exchange))
-        # The upstream that answered (or was tried last).
-        last = attempts[-1] if attempts else None
-        attributes["server.address"] = last.address if last else self.address
-        attributes["server.port"] = last.port if last else self.port
-        if last is not None and last.upstream is not None:
-            attributes["llmgate.upstream"] = last.upstream
-        attributes["llmgate.exchange.id"] = exchange.id
-        if exchange.session_id is not None:
-            attributes["gen_ai.conversation.id"] = exchange.session_id
-        how = exchange.notes.get("session_how")
-        if isinstance(how, str):
-            attributes["llmgate.session.decision"] = how
-        status = exchange.sent_status
-        if status is None and exchange.response is not None:
-            status = exchange.response.status
-        if status is not None:
-            attributes["http.response.status_code"] = status
-        response = exchange.response
-        if response is not None and response.streaming and exchange.ttfb is not None:
-            attributes["llmgate.time_to_first_token"] = exchange.ttfb
-        failure = exchange.error_kind or (
-            str(status) if status is not None and status >= 400 else None
-        )
-        if failure is not None:
-            attributes["error.type"] = failure
+        self._server_attributes(exchange, attributes, attempts[-1] if attempts else None)
         events = ()
         if self.capture_content:
-            events = (Event("gen_ai.client.inference.operation.details", self._content(exchange), end),)
+            events = (
+                Event("gen_ai.client.inference.operation.details", self._content(exchange), end),
+            )
         spans.append(
             ReadableSpan(
                 name=name,
@@ -332,12 +291,45 @@ class OtelMiddleware(Middleware):
                 events=events,
                 kind=SpanKind.SERVER,
                 instrumentation_scope=self.scope,
-                status=_ERROR if failure else _UNSET,
+                status=_ERROR if "error.type" in attributes else _UNSET,
                 start_time=start,
                 end_time=end,
             )
         )
         return spans
+
+    def _server_attributes(
+        self, exchange: Exchange, attributes: dict[str, Any], last: Any
+    ) -> None:
+        """
+        Add what the call answered to the request's ``attributes``: the
+        response's GenAI figures, the upstream that answered (or was tried
+        last), the session, the status the client got.
+        """
+        attributes.update(genai.response_attributes(exchange))
+        attributes["server.address"] = last.address if last else self.address
+        attributes["server.port"] = last.port if last else self.port
+        if last is not None and last.upstream is not None:
+            attributes["llmgate.upstream"] = last.upstream
+        attributes["llmgate.exchange.id"] = exchange.id
+        if exchange.session_id is not None:
+            attributes["gen_ai.conversation.id"] = exchange.session_id
+        how = exchange.notes.get("session_how")
+        if isinstance(how, str):
+            attributes["llmgate.session.decision"] = how
+        response = exchange.response
+        status = exchange.sent_status
+        if status is None and response is not None:
+            status = response.status
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        if response is not None and response.streaming and exchange.ttfb is not None:
+            attributes["llmgate.time_to_first_token"] = exchange.ttfb
+        failure = exchange.error_kind or (
+            str(status) if status is not None and status >= 400 else None
+        )
+        if failure is not None:
+            attributes["error.type"] = failure
 
     def _client_ids(self, call: CallContext, count: int) -> list[int]:
         """
@@ -362,6 +354,32 @@ class OtelMiddleware(Middleware):
         if answer is not None:
             content["gen_ai.output.messages"] = genai.content_json([answer])
         return {key: self.scrub(value) for key, value in content.items()}
+
+
+#: What a CLIENT span repeats of the call's request attributes.
+_CLIENT_KEYS = (
+    "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
+    "http.request.method",
+)
+
+
+def _attempt_attributes(request: Mapping[str, Any], attempt: Any) -> dict[str, Any]:
+    """
+    A CLIENT span's attributes: the call's operation and model, and this
+    attempt's upstream, status and failure.
+    """
+    attributes = {key: request[key] for key in _CLIENT_KEYS if key in request}
+    attributes["server.address"] = attempt.address
+    attributes["server.port"] = attempt.port
+    if attempt.upstream is not None:
+        attributes["llmgate.upstream"] = attempt.upstream
+    status = attempt.status
+    if status is not None:
+        attributes["http.response.status_code"] = status
+    failure = attempt.error_kind or (str(status) if status is not None and status >= 400 else None)
+    if failure is not None:
+        attributes["error.type"] = failure
+    return attributes
 
 
 class _Getter:
