@@ -1,7 +1,9 @@
 """
-The upstream forwarder: each client call becomes one request to the
-configured upstream over a shared persistent connection pool, and its answer
-is relayed back as it arrives.
+The upstream forwarder: each client call is routed to an upstream (see
+:mod:`llmgate.routing`), becomes one request to it over that upstream's
+persistent connection pool (or, failing before an answer's head, to the
+route's next upstream, with the same body), and its answer is relayed back
+as it arrives.
 
 The forwarder drives an ``IAgent`` itself rather than through
 ``treq.HTTPClient.request``, which always adds a shared cookie jar, redirect
@@ -16,8 +18,12 @@ from __future__ import annotations
 
 from service_identity import CertificateError, VerificationError
 from twisted.internet import error as neterror
+from collections import Counter
+from typing import Any, Mapping
+
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client
@@ -27,16 +33,23 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from llmgate.config import GatewayConfig
-from llmgate.http.deadlines import Deadlines
-from llmgate.exchange import Exchange, LocalAnswer, RequestRecord, ResponseRecord, new_exchange_id
+from llmgate.exchange import (
+    Attempt,
+    Exchange,
+    LocalAnswer,
+    RequestRecord,
+    ResponseRecord,
+    new_exchange_id,
+)
 from llmgate.http.headers import inbound_response_headers, outbound_request_headers
 from llmgate.observe import Observer
 from llmgate.pipeline import Pipeline
-from llmgate.providers import CREDENTIAL_HEADERS, Provider
+from llmgate.providers.registry import Shapes
 from llmgate.http.relay import ClientGone, ClientStalled, Relay, StreamIdle
 from llmgate.streamusage import UsageChunkHider, request_usage
 from llmgate.http.upstream import BODY_METHODS
-
+from llmgate.routing import CompiledRoute, Router, model_of, path_allowed
+from llmgate.upstreams import Upstream, build_upstreams
 
 
 @implementer(IBodyProducer)
@@ -92,9 +105,27 @@ def classify(failure: Failure) -> str:
     return "upstream_reset"
 
 
+class _Drain(Protocol):
+    """
+    Takes the body of an answer the client will not see (one failed over):
+    the connection it came on is dropped, since its body is of no use.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
+def _discard(response: IResponse) -> None:
+    whole = getattr(response, "complete_body", None)
+    if whole is not None and whole() is not None:
+        return  # it came whole with its head: the connection stays usable
+    response.deliverBody(_Drain())
+
+
 class Forwarder:
     """
-    Forward client requests to the one configured upstream.
+    Forward client requests to the upstreams their route names, trying the
+    next one of a failover list when one fails before its answer's head.
 
     :ivar open_calls: calls in progress by exchange id, for the console,
         metrics and a graceful shutdown.
@@ -104,39 +135,53 @@ class Forwarder:
 
     def __init__(
         self,
-        agent: IAgent,
+        upstreams: Mapping[str, Upstream],
         config: GatewayConfig,
-        provider: Provider,
         pipeline: Pipeline,
         clock: IReactorTime,
         capture_limit: int = 1024 * 1024,
+        shapes: Shapes | None = None,
     ) -> None:
-        self.agent = agent
+        self.upstreams = dict(upstreams)
         self.config = config
-        self.provider = provider
         self.pipeline = pipeline
         self.clock = clock
         self.capture_limit = capture_limit
-        self.base = config.llm.base_url.encode("utf-8")
-        llm = config.llm
-        if llm.api_key is not None:
-            header = provider.auth_header
-            self.credential: tuple[bytes, bytes] | None = (
-                header,
-                provider.credential(llm.api_key),
-            )
-            self.strip = CREDENTIAL_HEADERS | {header}
-        else:
-            self.credential = None
-            # A client's gateway token is the gateway's, never the upstream's.
-            self.strip = CREDENTIAL_HEADERS if config.auth.enabled else frozenset()
-        self.defaults = provider.extra_request_headers()
+        self.shapes = shapes if shapes is not None else Shapes(opaque=_opaque_for(config))
+        self.router = Router(config.routes)
+        self.routes = [
+            (route, tuple(self.upstreams[name] for name in route.config.upstreams))
+            for route in self.router.routes
+        ]
         self.open_calls: dict[str, Call] = {}
-        #: Calls waiting for the head of their answer, up to ``llm.timeout``.
-        self.head_deadlines: Deadlines[Call] = Deadlines(
-            clock, config.llm.timeout, Call.head_timed_out
-        )
+        #: Calls refused here (no route, path not allowed), by reason.
+        self.refused: Counter[str] = Counter()
         self.include_stream_usage = config.usage.include_stream_usage
+
+    @classmethod
+    def with_agents(
+        cls,
+        agents: IAgent | Mapping[str, IAgent],
+        config: GatewayConfig,
+        pipeline: Pipeline,
+        clock: IReactorTime,
+        **kwargs: Any,
+    ) -> Forwarder:
+        """
+        A forwarder whose upstreams send through given agents (one for all,
+        or one per upstream name) rather than pools of their own.
+        """
+        if not isinstance(agents, Mapping):
+            agents = {name: agents for name in config.upstreams}
+        upstreams = build_upstreams(config, clock, Call.head_timed_out, agents)
+        return cls(upstreams, config, pipeline, clock, **kwargs)
+
+    def close(self) -> None:
+        """
+        Stop every head deadline's timer (the gateway is stopping).
+        """
+        for upstream in self.upstreams.values():
+            upstream.head_deadlines.close()
 
     def forward(self, request: Request) -> Deferred[None]:
         """
@@ -146,9 +191,11 @@ class Forwarder:
             returns it to Klein); cancelling it means the client went away.
         """
         body = request.content.read() if request.content is not None else b""
+        shape = self.shapes.for_path(request.path)
         exchange = Exchange(
             id=new_exchange_id(),
-            provider=self.provider.name,
+            provider=shape.name,
+            api=shape,
             request=RequestRecord(
                 method=request.method,
                 uri=request.uri,
@@ -160,13 +207,41 @@ class Forwarder:
         call = Call(self, request, exchange)
         return call.start()
 
+    def route(self, exchange: Exchange) -> tuple[CompiledRoute, tuple[Upstream, ...]] | None:
+        """
+        The route of a call and its upstreams, or None when no route matches.
+        """
+        record = exchange.request
+        route = self.router.match(
+            record.path,
+            record.headers,
+            lambda: model_of(record.body, exchange.request_json_if_parsed()),
+        )
+        return None if route is None else self.routes[route.index]
+
     def error_answer(self, request: Request, status: int, message: str, kind: str) -> bytes:
         """
-        Set a provider-shaped JSON error on ``request`` and return its body.
+        Set a JSON error in the call's own API shape on ``request`` and
+        return its body.
         """
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
-        return self.provider.error_body(status, message, kind)
+        return self.shapes.for_path(request.path).error_body(status, message, kind)
+
+
+def _opaque_for(config: GatewayConfig) -> Any:
+    from llmgate.providers.registry import OPAQUE, OPAQUE_ANTHROPIC
+
+    return OPAQUE_ANTHROPIC if config.llm.type == "anthropic" else OPAQUE
+
+
+def _candidates(upstreams: tuple[Upstream, ...]) -> list[Upstream]:
+    """
+    A route's upstreams to try, in order: the ejected ones skipped, but
+    never the last.
+    """
+    last = upstreams[-1]
+    return [u for u in upstreams if u is last or not u.health.ejected()]
 
 
 class Call:
@@ -188,6 +263,10 @@ class Call:
         self._observer: Observer | None = None
         self._hide_usage = False
         self._done = False
+        #: Upstreams still to try, the current one first.
+        self._candidates: list[Upstream] = []
+        self._failover_on: frozenset[int] = frozenset()
+        self._attempt: Attempt | None = None
 
     def start(self) -> Deferred[None]:
         self.forwarder.open_calls[self.exchange.id] = self
@@ -210,62 +289,149 @@ class Call:
 
     # -- upstream request ------------------------------------------------------
 
+    @property
+    def upstream(self) -> Upstream | None:
+        """
+        The upstream being tried, or that answered.
+        """
+        return self._candidates[0] if self._candidates else None
+
     def _send(self) -> None:
         forwarder = self.forwarder
-        record = self.exchange.request
-        if forwarder.include_stream_usage and forwarder.provider.name == "openai":
-            changed = request_usage(record.path, self.exchange.request_json)
+        exchange = self.exchange
+        record = exchange.request
+        routed = forwarder.route(exchange)
+        if routed is None:
+            self._refuse(404, "no route of this gateway matches the call", "no_route")
+            return
+        route, upstreams = routed
+        candidates = _candidates(upstreams)
+        if candidates[0].allowed_paths:
+            candidates = [
+                u for u in candidates if path_allowed(record.path, u.allowed_paths)
+            ]
+            if not candidates:
+                self._refuse(403, "path not allowed by this gateway", "forbidden_path")
+                return
+        self._candidates = candidates
+        self._failover_on = route.config.failover_on
+        if forwarder.include_stream_usage and exchange.provider == "openai-chat":
+            changed = request_usage(record.path, exchange.request_json)
             if changed is not None:
                 # The client's stream stays as it would have been.
                 self._hide_usage = True
                 record.body = changed
+        self._try()
+
+    def _refuse(self, status: int, message: str, kind: str) -> None:
+        exchange = self.exchange
+        self.forwarder.refused[kind] += 1
+        exchange.error, exchange.error_kind = message, kind
+        exchange.sent_status = status
+        self._write_and_finish(self.forwarder.error_answer(self.request, status, message, kind))
+
+    def _try(self) -> None:
+        """
+        Send the call to the first of the remaining candidates.
+        """
+        forwarder = self.forwarder
+        exchange = self.exchange
+        record = exchange.request
+        upstream = self._candidates[0]
         headers = outbound_request_headers(
-            record.headers, forwarder.credential, forwarder.strip, forwarder.defaults
+            record.headers, upstream.credential, upstream.strip, upstream.defaults
         )
         body = record.body
         producer = BytesProducer(body) if body or record.method in BODY_METHODS else None
-        self.exchange.sent_at = forwarder.clock.seconds()
+        now = forwarder.clock.seconds()
+        if exchange.sent_at is None:
+            exchange.sent_at = now
+        exchange.upstream = upstream.name
+        self._attempt = Attempt(upstream.name, upstream.address, now)
+        exchange.attempts.append(self._attempt)
+        self._timed_out = False
         try:
-            self._upstream = forwarder.agent.request(
-                record.method, forwarder.base + record.uri, headers, producer
+            self._upstream = upstream.agent.request(
+                record.method, upstream.base + record.uri, headers, producer
             )
         except Exception:
             self._request_failed(Failure())
             return
-        forwarder.head_deadlines.start(self)
+        upstream.head_deadlines.start(self)
         self._upstream.addCallbacks(self._got_response, self._request_failed)
 
     def head_timed_out(self) -> None:
         """
-        No head of an answer came within ``llm.timeout``.
+        No head of an answer came within the upstream's ``timeout``.
         """
         self._timed_out = True
         if self._upstream is not None:
             self._upstream.cancel()
+
+    def _end_attempt(self, outcome: str, status: int | None = None) -> None:
+        attempt = self._attempt
+        if attempt is not None and attempt.ended is None:
+            attempt.ended = self.forwarder.clock.seconds()
+            attempt.outcome = outcome
+            attempt.status = status
+            self._candidates[0].count(outcome)
+
+    def _next(self, why: str) -> bool:
+        """
+        Go on to the next candidate, if there is one.
+        """
+        if len(self._candidates) < 2:
+            return False
+        failed = self._candidates.pop(0)
+        self.log.info(
+            "{method} {path}: upstream {upstream} ({address}) {why}; trying {next}",
+            method=self.exchange.request.method.decode("ascii", "replace"),
+            path=self.exchange.request.path.decode("ascii", "replace"),
+            upstream=failed.name,
+            address=failed.address,
+            why=why,
+            next=self._candidates[0].name,
+            exchange_id=self.exchange.id,
+        )
+        self._try()
+        return True
 
     def _request_failed(self, failure: Failure) -> None:
         self._upstream = None
         if self._done:
             return
         self._stop_head_deadline()
+        upstream = self._candidates[0]
         exchange = self.exchange
         if self._timed_out:
             kind, status = "upstream_timeout", 504
             message = (
-                f"upstream sent no response within {self.forwarder.config.llm.timeout:g}s"
+                f"upstream sent no response within {upstream.config.timeout:g}s; "
+                f"{upstream.described}"
             )
         else:
             kind, status = classify(failure), 502
-            message = f"upstream unreachable ({kind.replace('_', ' ')})"
+            message = (
+                f"upstream unreachable ({kind.replace('_', ' ')}); {upstream.described}"
+            )
+        self._end_attempt(kind)
+        if kind != "cancelled":
+            upstream.failed()
+            if self._next(kind.replace("_", " ")):
+                return
         exchange.error, exchange.error_kind = message, kind
         self.log.warn(
-            "{method} {path} failed: {kind}",
+            "{method} {path} failed: {message}",
             method=exchange.request.method.decode("ascii", "replace"),
             path=exchange.request.path.decode("ascii", "replace"),
             kind=kind,
+            message=message,
+            upstream=upstream.name,
+            address=upstream.address,
             exchange_id=exchange.id,
         )
         exchange.sent_status = status
+        self.request.setHeader(b"x-llmgate-upstream", upstream.name_bytes)
         body = self.forwarder.error_answer(self.request, status, message, kind)
         self._write_and_finish(body)
 
@@ -274,6 +440,20 @@ class Call:
     def _got_response(self, response: IResponse) -> None:
         self._upstream = None
         self._stop_head_deadline()
+        upstream = self._candidates[0]
+        status = response.code
+        if status in self._failover_on:
+            upstream.failed()
+            if len(self._candidates) > 1:
+                self._end_attempt("failover", status)
+                _discard(response)
+                self._next(f"answered {status}")
+                return
+        elif status < 500:
+            upstream.health.succeeded()
+        else:
+            upstream.failed()
+        self._end_attempt("answered", status)
         forwarder = self.forwarder
         exchange = self.exchange
         exchange.upstream_headers_at = forwarder.clock.seconds()
@@ -302,6 +482,7 @@ class Call:
             set_header(b"content-length", [b"%d" % (response.length,)])
         if exchange.session_id is not None:
             set_header(b"x-llmgate-session-id", [exchange.session_id.encode("ascii")])
+        set_header(b"x-llmgate-upstream", [upstream.name_bytes])
         self._observer = observer = Observer(
             exchange, record, forwarder.pipeline, forwarder.clock, forwarder.capture_limit
         )
@@ -316,7 +497,7 @@ class Call:
             self._finish()
             return
         self._relay = relay = Relay(
-            request, forwarder.clock, forwarder.config.llm.idle_timeout, observer, rewrite
+            request, forwarder.clock, upstream.config.idle_timeout, observer, rewrite
         )
         exchange.headers_relayed_at = forwarder.clock.seconds()
         relay.done.addCallback(self._relay_ended)
@@ -344,15 +525,17 @@ class Call:
             return
         kind = classify(Failure(reason))
         record = exchange.response
+        upstream = self._candidates[0]
         if kind == "stream_idle":
-            message = f"upstream stream idle for {self.forwarder.config.llm.idle_timeout:g}s"
+            message = f"upstream stream idle for {upstream.config.idle_timeout:g}s"
         else:
             message = "upstream connection lost mid-answer"
+        message = f"{message}; {upstream.described}"
         exchange.error, exchange.error_kind = message, kind
         self._warn(message)
         if record is not None and record.streaming:
             # The SDKs raise on this event; the stream then ends.
-            self.request.write(self.forwarder.provider.error_event(message, kind))
+            self.request.write(exchange.api.error_event(message, kind))
             self._finish()
         else:
             # A plain body cut short: end the client's connection without the
@@ -450,16 +633,18 @@ class Call:
         End the exchange with ``error`` and drop the upstream side.
         """
         self.exchange.error, self.exchange.error_kind = error, kind
-        upstream, self._upstream = self._upstream, None
+        pending, self._upstream = self._upstream, None
         relay = self._relay
         self._complete()
-        if upstream is not None:
-            upstream.cancel()
+        if pending is not None:
+            self._end_attempt(kind)
+            pending.cancel()
         if relay is not None:
             relay.stop()
 
     def _stop_head_deadline(self) -> None:
-        self.forwarder.head_deadlines.stop(self)
+        if self._candidates:
+            self._candidates[0].head_deadlines.stop(self)
 
 
 __all__ = ["Forwarder", "Call", "BytesProducer", "Headers"]

@@ -78,4 +78,4 @@ def make_gateway(upstream: Running) -> Iterator[Callable[..., Running]]:
         pytest_twisted.blockon(running.port.stopListening())
         assert running.parts is not None
         pytest_twisted.blockon(running.parts.pipeline.close())
-        pytest_twisted.blockon(running.parts.pool.closeCachedConnections())
+        pytest_twisted.blockon(running.parts.close_pools())
