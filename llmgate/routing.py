@@ -156,20 +156,21 @@ def model_of(body: bytes, parsed: Any = None) -> str | None:
     :param parsed: the body already parsed, when something parsed it (the
         session stage does): then it is read from there, for free.
     :return: the top-level ``model`` string, or None.  Without ``parsed``,
-        a regular expression finds it; a body that names ``"model"`` more
-        than once (a nested object, a tool's schema) is parsed to be sure.
+        a regular expression finds it when it comes before any nested object
+        (SDKs mostly write it first); otherwise the body is parsed to be sure.
     """
     if parsed is not None:
         model = parsed.get("model") if isinstance(parsed, dict) else None
         return model if isinstance(model, str) else None
-    found = _MODEL.findall(body, 0, len(body))
-    if len(found) == 1 and b"\\" not in found[0]:
+    found = _MODEL.search(body)
+    if found is None:
+        return None
+    value = found.group(1)
+    if body.find(b"{", 1, found.start()) < 0 and b"\\" not in value:
         try:
-            return found[0].decode("utf-8")
+            return value.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    if not found:
-        return None
     import json
 
     try:

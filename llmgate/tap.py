@@ -98,11 +98,19 @@ def summary(config: configuration.GatewayConfig) -> str:
         if session.enabled
         else "off"
     )
+    from llmgate.routing import Router
+
+    upstreams = "".join(
+        f"  upstream {name}: {configuration._redact_url(up.base_url)} ({up.type}, key "
+        f"{'configured' if up.api_key else 'from clients'})\n"
+        for name, up in config.upstreams.items()
+    )
+    routes = "".join(f"  route {line}\n" for line in Router(config.routes).table())
     return (
         f"configuration OK: listen {config.server.endpoint()} -> "
         f"{config.llm.base_url} ({config.llm.type}, key "
         f"{'configured' if config.llm.api_key else 'from clients'}); "
-        f"middleware: {middleware}; sessions {sessions}\n"
+        f"middleware: {middleware}; sessions {sessions}\n{upstreams}{routes}"
     )
 
 
