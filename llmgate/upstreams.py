@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import attrs
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -168,7 +170,7 @@ def build_upstreams(
 
     :param agents: an agent per upstream name to use instead of a pool (tests).
     """
-    from llmgate.http.upstream import UpstreamAgent, UpstreamPool, tls_policy, upstream_endpoint
+    from llmgate.http.upstream import make_upstream, tls_policy
 
     built = {}
     for name, llm in config.upstreams.items():
@@ -176,16 +178,10 @@ def build_upstreams(
         if agents is not None and name in agents:
             agent = agents[name]
         else:
-            base_url = llm.base_url.encode("utf-8")
-            pool = UpstreamPool(
-                reactor,
-                upstream_endpoint(
-                    reactor, base_url, llm.timeout, tls_policy(llm.ca_file, llm.tls_verify)
-                ),
-                max_idle=llm.max_idle_connections,
-                idle_timeout=llm.idle_connection_timeout,
+            # The wire layer builds a pool for ``config.llm``: give it this one.
+            pool, agent = make_upstream(
+                reactor, attrs.evolve(config, llm=llm), tls_policy(llm.ca_file, llm.tls_verify)
             )
-            agent = UpstreamAgent(pool, base_url)
         built[name] = Upstream(
             name, llm, agent, pool, reactor, head_timed_out, config.auth.enabled
         )
