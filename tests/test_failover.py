@@ -312,14 +312,16 @@ class ShapeTests(SynchronousTestCase):
         self.assertTrue(shapes.for_path(b"/v1/messages").error_event("m").startswith(b"event: error"))
 
     def test_a_plugin_shape_is_found_and_comes_first_by_priority(self) -> None:
+        import importlib
         import sys
-        import types
         from pathlib import Path
 
         from llmgate.providers.registry import with_plugins
 
-        directory = Path(self.mktemp())
+        root = Path(self.mktemp()).absolute()
+        directory = root / "fake_plugins"
         directory.mkdir(parents=True)
+        (directory / "__init__.py").write_text("")
         (directory / "gemini_shape.py").write_text(
             "from twisted.plugin import IPlugin\n"
             "from zope.interface import implementer\n"
@@ -333,12 +335,11 @@ class ShapeTests(SynchronousTestCase):
             "    suffixes = (b':generateContent',)\n"
             "gemini = Gemini()\n"
         )
-        package = types.ModuleType("fake_plugins")
-        package.__path__ = [str(directory)]  # type: ignore[attr-defined]
-        package.__file__ = str(directory / "__init__.py")
-        (directory / "__init__.py").write_text("")
-        sys.modules["fake_plugins"] = package
+        sys.path.insert(0, str(root))
+        self.addCleanup(sys.path.remove, str(root))
         self.addCleanup(sys.modules.pop, "fake_plugins", None)
+        self.addCleanup(sys.modules.pop, "fake_plugins.gemini_shape", None)
+        package = importlib.import_module("fake_plugins")
         shapes = with_plugins("openai", package)
         self.assertEqual(
             shapes.for_path(b"/v1beta/models/gemini-pro:generateContent").name, "gemini"
