@@ -215,7 +215,9 @@ class Forwarder:
         route = self.router.match(
             record.path,
             record.headers,
-            lambda: model_of(record.body, exchange.request_json_if_parsed()),
+            lambda: model_of(
+                record.body, exchange.request_json_if_parsed(), lambda: exchange.request_json
+            ),
         )
         return None if route is None else self.routes[route.index]
 

@@ -146,38 +146,50 @@ def path_allowed(path: bytes, prefixes: tuple[bytes, ...]) -> bool:
         return False
     return decoded.startswith(prefixes)
 
-_MODEL = re.compile(rb'(?<!\\)"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+#: Distinct paths whose route plan is kept.
+_PLANS = 4096
+
+_MODEL_AT = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
 
 
-def model_of(body: bytes, parsed: Any = None) -> str | None:
+def model_of(body: bytes, parsed: Any = None, parse: Callable[[], Any] | None = None) -> str | None:
     """
-    The ``model`` of a JSON request body.
+    The top-level ``model`` of a JSON request body.
 
     :param parsed: the body already parsed, when something parsed it (the
         session stage does): then it is read from there, for free.
-    :return: the top-level ``model`` string, or None.  Without ``parsed``,
-        a regular expression finds it when it comes before any nested object
-        (SDKs mostly write it first); otherwise the body is parsed to be sure.
+    :param parse: parses the body when that is needed (by default
+        ``json.loads``); the forwarder passes the exchange's own, cached parse.
+    :return: the model string, or None.  Without ``parsed``, when ``"model"``
+        occurs once in the body it is found by searching the bytes (a quote
+        inside a JSON string is escaped, so text never contains it); it is
+        then the top-level key, since every API requires one.  A body that
+        holds it more than once (a nested object, a tool's schema) is parsed.
     """
-    if parsed is not None:
-        model = parsed.get("model") if isinstance(parsed, dict) else None
-        return model if isinstance(model, str) else None
-    found = _MODEL.search(body)
-    if found is None:
-        return None
-    value = found.group(1)
-    if body.find(b"{", 1, found.start()) < 0 and b"\\" not in value:
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
+    if parsed is None:
+        count = body.count(b'"model"')
+        if count == 0:
             return None
+        if count == 1:
+            found = _MODEL_AT.match(body, body.find(b'"model"'))
+            if found is not None:
+                try:
+                    return found.group(1).decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+            # Not a plain string (escapes, a number): the parse decides.
+        parsed = parse() if parse is not None else _parse(body)
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _parse(body: bytes) -> Any:
     import json
 
     try:
-        document = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return model_of(b"", document) if isinstance(document, dict) else None
 
 
 @attrs.frozen
@@ -208,12 +220,31 @@ class CompiledRoute:
 class Router:
     """
     The compiled route table: first match wins.
+
+    The routes a path can match are worked out once per distinct path, and
+    the globs a model matches once per distinct model (up to :data:`_PLANS`
+    of each), so a call costs a few dict and set lookups.
     """
 
     def __init__(self, routes: Sequence[RouteConfig]) -> None:
         self.routes = tuple(CompiledRoute.of(route, i) for i, route in enumerate(routes))
         #: Whether any route needs the request's model.
         self.needs_model = any(r.model is not None for r in self.routes)
+        self._plans: dict[bytes, tuple[CompiledRoute, ...]] = {}
+        self._models: dict[str, frozenset[int]] = {}
+
+    def _plan(self, path: bytes) -> tuple[CompiledRoute, ...]:
+        plan = self._plans.get(path)
+        if plan is None:
+            plan = tuple(r for r in self.routes if r.path is None or path.startswith(r.path))
+            # Nothing after a route with no other condition can match.
+            for end, route in enumerate(plan):
+                if route.model is None and not route.header:
+                    plan = plan[: end + 1]
+                    break
+            if len(self._plans) < _PLANS:
+                self._plans[path] = plan
+        return plan
 
     def match(self, path: bytes, headers: Any, model: Callable[[], str | None]) -> CompiledRoute | None:
         """
@@ -223,21 +254,42 @@ class Router:
         :param model: called at most once, and only if a route that is
             otherwise a match needs the model.
         """
-        known: list[str | None] = []
-        for route in self.routes:
-            if route.path is not None and not path.startswith(route.path):
-                continue
-            if route.header and not all(
-                value in (headers.getRawHeaders(name) or ()) for name, value in route.header
-            ):
+        hits: frozenset[int] | None = None
+        for route in self._plan(path):
+            if route.header:
+                for name, value in route.header:
+                    if value not in (headers.getRawHeaders(name) or ()):
+                        break
+                else:
+                    if route.model is None:
+                        return route
+                    hits = self._hits(model) if hits is None else hits
+                    if route.index in hits:
+                        return route
                 continue
             if route.model is not None:
-                if not known:
-                    known.append(model())
-                if known[0] is None or route.model(known[0]) is None:
+                hits = self._hits(model) if hits is None else hits
+                if route.index not in hits:
                     continue
             return route
         return None
+
+    def _hits(self, model: Callable[[], str | None]) -> frozenset[int]:
+        """
+        The indices of the routes whose model glob the call's model matches,
+        worked out once per distinct model.
+        """
+        name = model()
+        if name is None:
+            return frozenset()
+        hits = self._models.get(name)
+        if hits is None:
+            hits = frozenset(
+                r.index for r in self.routes if r.model is not None and r.model(name) is not None
+            )
+            if len(self._models) < _PLANS:
+                self._models[name] = hits
+        return hits
 
     def table(self) -> list[str]:
         """

@@ -157,6 +157,28 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual(self.match(b"/v1/chat/completions", "gpt", x_tenant="beta"), "local")
         self.assertEqual(self.match(b"/v1/chat/completions", "gpt", x_tenant="Beta"), "openai")
 
+    def test_a_route_with_several_fields_needs_them_all(self) -> None:
+        router = _router(
+            {
+                **TWO,
+                "routes": [
+                    {"path": "/v1/chat", "header": {"x-tenant": "beta"}, "model": "gpt-*", "upstream": "local"},
+                    {"path": "/v1/chat", "model": "gpt-*", "upstream": "anthropic"},
+                    {"upstream": "openai"},
+                ],
+            }
+        )
+
+        def route(path: bytes, model: str, tenant: str | None = None) -> str:
+            raw = Headers({b"x-tenant": [tenant.encode()]} if tenant else {})
+            return router.match(path, raw, lambda: model).config.upstreams[0]
+
+        for _ in range(2):  # the second time from the kept plans and globs
+            self.assertEqual(route(b"/v1/chat/completions", "gpt-4o", "beta"), "local")
+            self.assertEqual(route(b"/v1/chat/completions", "gpt-4o", "alpha"), "anthropic")
+            self.assertEqual(route(b"/v1/chat/completions", "o3", "beta"), "openai")
+            self.assertEqual(route(b"/v1/responses", "gpt-4o", "beta"), "openai")
+
     def test_no_match_is_none(self) -> None:
         router = _router({**TWO, "routes": [{"path": "/v1/messages", "upstream": "anthropic"}]})
         self.assertIsNone(router.match(b"/v1/chat/completions", Headers(), lambda: None))
@@ -190,8 +212,12 @@ class ModelTests(SynchronousTestCase):
     def test_a_nested_model_makes_it_parse_and_take_the_top_level_one(self) -> None:
         body = json.dumps({"metadata": {"model": "nested"}, "model": "top"}).encode()
         self.assertEqual(model_of(body), "top")
-        body = json.dumps({"metadata": {"model": "nested"}}).encode()
-        self.assertIsNone(model_of(body))
+        body = json.dumps({"model": "top", "tools": [{"parameters": {"model": {}}}]}).encode()
+        self.assertEqual(model_of(body), "top")
+        # A model with an escape in it is left to the parse.
+        body = json.dumps({"model": "a\\\"b"}).encode()
+        self.assertEqual(model_of(body, parse=lambda: {"model": "parsed"}), "parsed")
+        self.assertEqual(model_of(b'{"model": 4}'), None)
 
     def test_an_already_parsed_body_is_used(self) -> None:
         self.assertEqual(model_of(b"", {"model": "parsed"}), "parsed")
