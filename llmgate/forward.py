@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from llmgate.config import GatewayConfig
 from llmgate.exchange import (
+    UNPARSED,
     Attempt,
     Exchange,
     LocalAnswer,
@@ -215,9 +216,7 @@ class Forwarder:
         route = self.router.match(
             record.path,
             record.headers,
-            lambda: model_of(
-                record.body, exchange.request_json_if_parsed(), lambda: exchange.request_json
-            ),
+            lambda: model_of(record.body, _parsed(exchange), lambda: exchange.request_json),
         )
         return None if route is None else self.routes[route.index]
 
@@ -229,6 +228,11 @@ class Forwarder:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         return self.shapes.for_path(request.path).error_body(status, message, kind)
+
+
+def _parsed(exchange: Exchange) -> Any:
+    parsed = exchange.parsed_request_json()
+    return None if parsed is UNPARSED else parsed
 
 
 def _opaque_for(config: GatewayConfig) -> Any:

@@ -36,6 +36,7 @@ from llmgate.sessions.memory import MemorySessionStore
 from llmgate.sessions.stage import SessionStage
 from llmgate.providers.registry import with_plugins
 from llmgate.upstreams import build_upstreams
+from llmgate.stalls import StallWatch
 
 
 def make_session_store(config: GatewayConfig, reactor: Any) -> Any:
@@ -88,6 +89,7 @@ class GatewayParts:
         self.upstreams = build_upstreams(config, reactor, Call.head_timed_out)
         self.middlewares = build_middlewares(config, reactor)
         self.sessions: SessionStage | None = None
+        self.stalls = StallWatch(reactor)
         stages: list[Any] = []
         self.auth: AuthStage | None = None
         if config.auth.enabled:
@@ -106,6 +108,7 @@ class GatewayParts:
                 "refused": self._refused,
                 "middleware_errors": lambda: self.pipeline.errors,
                 "sessions": lambda: dict(self.sessions.state()) if self.sessions else None,
+                "stalls": lambda: self.stalls,
                 "traces": lambda: [
                     dict(m.state()) for m in self.middlewares if getattr(m, "name", "") == "trace"
                 ],
@@ -268,6 +271,7 @@ class GatewayService(MultiService):
             "sessions": parts.sessions.detector.store if parts.sessions else None,
             "metrics": parts.metrics.json_view,
             "upstreams": parts.upstreams,
+            "stalls": parts.stalls,
             "exchanges": parts.forwarder.open_calls,
             "service": self,
             "reactor": self.reactor,
@@ -288,6 +292,7 @@ class GatewayService(MultiService):
         self.reactor.callWhenRunning(self._take_sigterm)
         self.reactor.callWhenRunning(self._ready)
         self.reactor.callWhenRunning(tune_gc)
+        self.reactor.callWhenRunning(self.parts.stalls.start)
 
     def _ready(self) -> None:
         config = self.config
@@ -355,6 +360,7 @@ class GatewayService(MultiService):
             calls=len(self.parts.forwarder.open_calls),
             timeout=self.config.server.shutdown_timeout,
         )
+        self.parts.stalls.stop()
         d = maybeDeferred(self.listener.stopService)
         d.addCallback(lambda _: self._drain())
         d.addCallback(lambda _: self.parts.forwarder.close())
