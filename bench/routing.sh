@@ -3,7 +3,7 @@
 # front of the bench's nginx upstream (bench/gen_upstream.py), started with
 # each of the configs below in turn, in the same run.
 #
-#   bash bench/routing.sh [--reps N] [--seconds S] [--calls N]
+#   bash bench/routing.sh [--reps N] [--seconds S] [--calls N] [--only throughput|latency]
 #
 #   one       one upstream, one catch-all route
 #   ten       ten routes; the call matches only the last: nine are passed
@@ -21,12 +21,13 @@ set -euo pipefail
 export LC_ALL=C
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
-REPS=5; SECONDS_PER=8; CALLS=3000
+REPS=5; SECONDS_PER=8; CALLS=3000; ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --reps) REPS="$2"; shift ;;
         --seconds) SECONDS_PER="$2"; shift ;;
         --calls) CALLS="$2"; shift ;;
+        --only) ONLY="$2"; shift ;;
         *) echo "routing.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -124,6 +125,7 @@ stop_gateway() {
 RESULTS="$WORK/results.txt"
 for rep in $(seq 1 "$REPS"); do
     order="one ten"; [ $((rep % 2)) -eq 0 ] && order="ten one"
+    [ "$ONLY" = latency ] && order=""
     for cfg in $order; do
         start_gateway "$cfg"
         rps=$(BENCH_TAG="" taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${SECONDS_PER}s" \
@@ -133,6 +135,7 @@ for rep in $(seq 1 "$REPS"); do
         stop_gateway
     done
     order="one failover"; [ $((rep % 2)) -eq 0 ] && order="failover one"
+    [ "$ONLY" = throughput ] && order=""
     for cfg in $order; do
         start_gateway "$cfg"
         PYTHONPATH="$HERE" taskset -c "$LOAD_CPU" "$PY" - "$GW_PORT" "$CALLS" "$cfg" >>"$RESULTS" <<'PYTHON'
@@ -160,13 +163,14 @@ def med(kind, name, column=2):
     return statistics.median(float(r[column]) for r in rows if r[0] == kind and r[1] == name)
 def each(kind, name, column=2):
     return [float(r[column]) for r in rows if r[0] == kind and r[1] == name]
-one, ten = med("throughput", "one"), med("throughput", "ten")
 print("| case | median | runs |")
 print("|---|---:|---|")
-print(f"| throughput, 1 route (req/s) | {one:.0f} | {', '.join(f'{x:.0f}' for x in each('throughput', 'one'))} |")
-print(f"| throughput, 10 routes (req/s) | {ten:.0f} | {', '.join(f'{x:.0f}' for x in each('throughput', 'ten'))} |")
-print(f"| 10 routes against 1 | {100 * (ten / one - 1):+.1f} % | target: no more than 3 % lower |")
-for q, column in (("p50", 2), ("p99", 3)):
+if each("throughput", "one"):
+    one, ten = med("throughput", "one"), med("throughput", "ten")
+    print(f"| throughput, 1 route (req/s) | {one:.0f} | {', '.join(f'{x:.0f}' for x in each('throughput', 'one'))} |")
+    print(f"| throughput, 10 routes (req/s) | {ten:.0f} | {', '.join(f'{x:.0f}' for x in each('throughput', 'ten'))} |")
+    print(f"| 10 routes against 1 | {100 * (ten / one - 1):+.1f} % | target: no more than 3 % lower |")
+for q, column in (("p50", 2), ("p99", 3)) if each("latency", "one") else ():
     a, b = med("latency", "one", column), med("latency", "failover", column)
     print(f"| latency {q}, direct route (ms) | {a:.3f} | {', '.join(f'{x:.3f}' for x in each('latency', 'one', column))} |")
     print(f"| latency {q}, after a refused upstream (ms) | {b:.3f} | {', '.join(f'{x:.3f}' for x in each('latency', 'failover', column))} |")
