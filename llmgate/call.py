@@ -175,9 +175,11 @@ class Call:
             return
         route, upstreams = routed
         candidates = _candidates(upstreams)
-        if candidates[0].allowed_paths:
+        if route.restricted:
             candidates = [
-                u for u in candidates if path_allowed(record.path, u.allowed_paths)
+                u
+                for u in candidates
+                if not u.allowed_paths or path_allowed(record.path, u.allowed_paths)
             ]
             if not candidates:
                 self._refuse(403, "path not allowed by this gateway", "forbidden_path")

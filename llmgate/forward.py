@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -25,11 +26,11 @@ from twisted.web.iweb import IAgent
 from twisted.web.server import Request
 
 from llmgate.call import BytesProducer, Call, classify
-from llmgate.config import GatewayConfig
+from llmgate.config import GatewayConfig, RouteConfig
 from llmgate.exchange import UNPARSED, Exchange, RequestRecord, new_exchange_id
 from llmgate.pipeline import Pipeline
 from llmgate.providers.registry import Shapes
-from llmgate.routing import CompiledRoute, Router, model_of
+from llmgate.routing import Router, model_of
 from llmgate.upstreams import Upstream, build_upstreams
 
 
@@ -60,10 +61,11 @@ class Forwarder:
         self.capture_limit = capture_limit
         self.shapes = shapes if shapes is not None else Shapes(opaque=_opaque_for(config))
         self.router = Router(config.routes)
-        self.routes = [
-            (route, tuple(self.upstreams[name] for name in route.config.upstreams))
-            for route in self.router.routes
-        ]
+        self.routes = []
+        for route in self.router.routes:
+            upstreams = tuple(self.upstreams[name] for name in route.config.upstreams)
+            restricted = any(u.allowed_paths for u in upstreams)
+            self.routes.append((_Route(route.config, restricted), upstreams))
         self.open_calls: dict[str, Call] = {}
         #: Calls refused here (no route, path not allowed), by reason.
         self.refused: Counter[str] = Counter()
@@ -118,7 +120,7 @@ class Forwarder:
         call = Call(self, request, exchange)
         return call.start()
 
-    def route(self, exchange: Exchange) -> tuple[CompiledRoute, tuple[Upstream, ...]] | None:
+    def route(self, exchange: Exchange) -> tuple[_Route, tuple[Upstream, ...]] | None:
         """
         The route of a call and its upstreams, or None when no route matches.
         """
@@ -138,6 +140,18 @@ class Forwarder:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         return self.shapes.for_path(request.path).error_body(status, message, kind)
+
+
+@attrs.frozen
+class _Route:
+    """
+    What a call needs of its route once matched.
+
+    :ivar restricted: some upstream of it has ``allowed_paths``.
+    """
+
+    config: RouteConfig
+    restricted: bool
 
 
 def _parsed(exchange: Exchange) -> Any:

@@ -180,6 +180,18 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["error"]["type"], "not_found_error")
         self.assertEqual(gateway.forwarder.refused["no_route"], 1)
 
+    def test_an_upstream_that_does_not_allow_the_path_is_passed_over(self) -> None:
+        clock = MemoryReactorClock()
+        narrow = FakeUpstream(clock)
+        gateway = Routed(
+            [{"upstream": ["wide", "narrow"]}],
+            wide=(ScriptedAgent(Failure(ConnectionRefusedError())), {}),
+            narrow=(narrow, {"allowed_paths": ["/v1/chat/"]}),
+        )
+        response, _ = gateway.call("/v1/embeddings", {"model": "e", "input": "x"})
+        self.assertEqual(response.code, 502)  # narrow was not tried
+        self.assertEqual(len(narrow.seen), 0)
+
     def test_allowed_paths_are_the_routed_upstreams(self) -> None:
         clock = MemoryReactorClock()
         gateway = Routed(
