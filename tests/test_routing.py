@@ -270,3 +270,14 @@ class HealthTests(SynchronousTestCase):
         for _ in range(100):
             health.failed()
         self.assertFalse(health.ejected())
+
+
+class ValidateConfigTests(SynchronousTestCase):
+    def test_the_summary_lists_upstreams_and_the_route_table_without_keys(self) -> None:
+        from llmgate.tap import summary
+
+        text = summary(parse({**TWO, "server": {"allow_open_relay": True}}))
+        self.assertIn("  upstream anthropic: https://api.anthropic.com (anthropic, key configured)\n", text)
+        self.assertIn("  upstream local: http://127.0.0.1:8000 (openai, key from clients)\n", text)
+        self.assertIn("  route 3. model llama-* -> local then openai\n", text)
+        self.assertNotIn("sk-secret", text)
