@@ -64,7 +64,8 @@ def serve() -> Any:
         factory.noisy = False
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         ports.append(port)
-        return f"http://127.0.0.1:{port.getHost().port}"
+        start.last_address = f"127.0.0.1:{port.getHost().port}"  # type: ignore[attr-defined]
+        return f"http://{start.last_address}"  # type: ignore[attr-defined]
 
     def refused() -> str:
         # Bound but not listening: the port is ours, and every connect refused.
@@ -291,3 +292,38 @@ def test_the_official_sdks_against_a_routed_gateway(make_gateway, serve):
     _, _, body = yield call(gateway.url, "/metrics")
     attempts = json.loads(body)["upstreams"]["down"]["attempts"]
     assert attempts == {"upstream_refused": 4}
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_trace_records_the_api_the_upstream_and_every_attempt(make_gateway, serve, tmp_path):
+    import os
+
+    from tests.test_e2e_metrics import trace_of, within
+
+    live = FakeUpstream(reactor)
+    directory = str(tmp_path / "traces")
+    down = serve.refused()
+    gateway = routed(
+        make_gateway,
+        {"down": {"base_url": down}, "live": {"type": "anthropic", "base_url": serve(live)}},
+        [{"upstream": ["down", "live"]}],
+        middlewares=[{"type": "trace", "config": {"directory": directory}}],
+    )
+    status, _, _ = yield call(gateway.url, "/v1/messages", MESSAGES)
+    assert status == 200
+    yield within(trace_of(gateway.parts).flush())
+    (name,) = os.listdir(directory)
+    with open(os.path.join(directory, name), encoding="utf-8") as handle:
+        document = json.load(handle)
+    assert (document["provider"], document["api"], document["upstream"]) == (
+        "anthropic",
+        "anthropic-messages",
+        "live",
+    )
+    attempts = [(a["upstream"], a["address"], a["outcome"], a["status"]) for a in document["attempts"]]
+    assert attempts == [
+        ("down", down.split("//")[1], "upstream_refused", None),
+        ("live", serve.last_address, "answered", 200),
+    ]
+    assert all(a["duration"] >= 0 for a in document["attempts"])
+    assert document["response"]["message"]["content"][0]["type"] == "text"
