@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= etc/gateway.yaml
+# Where tests/clients/install.sh keeps the real CLIs between runs.
+CLIENTS_DIR ?= $(HOME)/.cache/llmgate/clients
 
 # setup.cfg's python_requires, as a check an interpreter runs on itself.
 NEW_ENOUGH = import sys; sys.exit(sys.version_info < (3, 11))
@@ -18,7 +20,7 @@ $(info $(VENV): its Python is missing or older than 3.11; rebuilding it)
 $(shell rm -rf $(VENV))
 endif
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test unit-tests test-clients bench clean
 
 # The development install: llmgate editable, with the test extras.
 setup: $(VENV)/.installed-test
@@ -47,8 +49,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/twistd --nodaemon --pidfile= llmgate --config $(CONFIG)
 
-test: setup
+# The whole suite, then the real agents (docs/clients.md).
+test: unit-tests test-clients
+
+unit-tests: setup
 	$(BIN)/python -m pytest -q
+
+# Claude Code and Codex from the npm registry, at pinned versions, through a
+# gateway in front of a fake provider on loopback (tests/clients/).
+test-clients: setup
+	bash tests/clients/install.sh $(CLIENTS_DIR)
+	LLMGATE_CLIENTS_BIN=$(CLIENTS_DIR)/node_modules/.bin $(BIN)/python -m pytest -q tests/clients
 
 bench: setup
 	bash bench/run.sh

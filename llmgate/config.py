@@ -177,6 +177,16 @@ class SessionConfig:
         "forget everything",
         "reset the conversation",
     )
+    #: Request headers whose value is the client's own session id, tried in
+    #: order (see docs/sessions.md and docs/clients.md).
+    client_headers: tuple[str, ...] = (
+        "x-llmgate-session-id",
+        "x-claude-code-session-id",
+        "session-id",
+        "thread-id",
+        "x-session-affinity",
+        "x-opencode-session",
+    )
     store: SessionStoreConfig = SessionStoreConfig()
 
 
@@ -643,6 +653,10 @@ def _middlewares(value: Any) -> tuple[MiddlewareConfig, ...]:
     return tuple(result)
 
 
+#: An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
+
 def _session(section: _Section) -> SessionConfig:
     section.allow(set(attrs.fields_dict(SessionConfig)))
     phrases = section.get("reset_phrases", None)
@@ -652,6 +666,13 @@ def _session(section: _Section) -> SessionConfig:
         reset_phrases = tuple(p.lower() for p in phrases)
     else:
         section.fail("reset_phrases", phrases, "must be a list of strings")
+    headers = section.get("client_headers", None)
+    if headers is None:
+        client_headers = _DEFAULTS_SessionConfig.client_headers
+    elif isinstance(headers, list) and all(isinstance(h, str) and _HEADER_NAME.fullmatch(h) for h in headers):
+        client_headers = tuple(dict.fromkeys(h.lower() for h in headers))
+    else:
+        section.fail("client_headers", headers, "must be a list of HTTP header names")
     return SessionConfig(
         enabled=section.boolean("enabled", _DEFAULTS_SessionConfig.enabled),
         max_sessions=section.integer(
@@ -662,6 +683,7 @@ def _session(section: _Section) -> SessionConfig:
         ),
         fuzzy_matching=section.boolean("fuzzy_matching", _DEFAULTS_SessionConfig.fuzzy_matching),
         reset_phrases=reset_phrases,
+        client_headers=client_headers,
         store=_store(section.section("store")),
     )
 

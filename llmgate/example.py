@@ -71,6 +71,8 @@ session:
   session_ttl_seconds: {session.session_ttl_seconds!y}
   fuzzy_matching: {session.fuzzy_matching!y}
   reset_phrases: {session.reset_phrases!y}
+  # request headers naming the client's own session; the first present decides
+  client_headers: {session.client_headers!y}
   store:
     type: {session.store.type!y}       # memory | redis (several workers need redis)
     # url: {session.store.url!y}
