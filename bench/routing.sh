@@ -5,7 +5,7 @@
 #
 #   bash bench/routing.sh [--reps N] [--seconds S] [--calls N] [--only throughput|latency]
 #
-#   one       one upstream, one catch-all route
+#   one       one catch-all route (and the same two upstreams as "ten")
 #   ten       ten routes; the call matches only the last: nine are passed
 #             over first (path prefixes, model globs, a header), so every
 #             call reads the body's model
@@ -79,6 +79,7 @@ cat >"$WORK/one.yaml" <<YAML
 $common
 upstreams:
   up: {base_url: "$up"}
+  other: {base_url: "$up"}
 routes:
   - {upstream: up}
 YAML

@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers  # noqa: E402
 
 from llmgate.config import parse  # noqa: E402
 from llmgate.providers.registry import Shapes  # noqa: E402
-from llmgate.routing import Router, model_of  # noqa: E402
+from llmgate.routing import Router, model_key  # noqa: E402
 
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 PATH = b"/v1/chat/completions"
@@ -45,7 +45,7 @@ def per_call(router: Router, shapes: Shapes, headers: Headers, calls: int, round
         start = time.process_time()
         for _ in range(calls):
             shapes.for_path(PATH)
-            router.match(PATH, headers, lambda: model_of(BODY))
+            router.match(PATH, headers, lambda: model_key(BODY))
         best = min(best, (time.process_time() - start) / calls)
     return best * 1e6
 

@@ -30,7 +30,7 @@ from llmgate.config import GatewayConfig, RouteConfig
 from llmgate.exchange import UNPARSED, Exchange, RequestRecord, new_exchange_id
 from llmgate.pipeline import Pipeline
 from llmgate.providers.registry import Shapes
-from llmgate.routing import Router, model_of
+from llmgate.routing import Router, model_key
 from llmgate.upstreams import Upstream, build_upstreams
 
 
@@ -128,7 +128,7 @@ class Forwarder:
         route = self.router.match(
             record.path,
             record.headers,
-            lambda: model_of(record.body, _parsed(exchange), lambda: exchange.request_json),
+            lambda: model_key(record.body, _parsed(exchange), lambda: exchange.request_json),
         )
         return None if route is None else self.routes[route.index]
 

@@ -146,41 +146,52 @@ def path_allowed(path: bytes, prefixes: tuple[bytes, ...]) -> bool:
         return False
     return decoded.startswith(prefixes)
 
-#: Distinct paths whose route plan is kept.
+#: Distinct paths (and, per path, distinct models and header values) whose
+#: routing is remembered.
 _PLANS = 4096
 
 _MODEL_AT = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
 
 
-def model_of(body: bytes, parsed: Any = None, parse: Callable[[], Any] | None = None) -> str | None:
+def model_key(body: bytes, parsed: Any = None, parse: Callable[[], Any] | None = None) -> bytes | None:
     """
-    The top-level ``model`` of a JSON request body.
+    The top-level ``model`` of a JSON request body, as UTF-8 bytes.
 
     :param parsed: the body already parsed, when something parsed it (the
         session stage does): then it is read from there, for free.
     :param parse: parses the body when that is needed (by default
         ``json.loads``); the forwarder passes the exchange's own, cached parse.
-    :return: the model string, or None.  Without ``parsed``, when ``"model"``
-        occurs once in the body it is found by searching the bytes (a quote
-        inside a JSON string is escaped, so text never contains it); it is
-        then the top-level key, since every API requires one.  A body that
-        holds it more than once (a nested object, a tool's schema) is parsed.
+    :return: the model, or None.  Without ``parsed``, when ``"model"`` occurs
+        once in the body it is found by searching the bytes (a quote inside a
+        JSON string is escaped, so text never contains it); it is then the
+        top-level key, since every API requires one.  A body that holds it
+        more than once (a nested object, a tool's schema), or whose model is
+        not a plain string, is parsed.
     """
     if parsed is None:
-        count = body.count(b'"model"')
-        if count == 0:
+        start = body.find(b'"model"')
+        if start < 0:
             return None
-        if count == 1:
-            found = _MODEL_AT.match(body, body.find(b'"model"'))
+        if body.find(b'"model"', start + 7) < 0:
+            found = _MODEL_AT.match(body, start)
             if found is not None:
-                try:
-                    return found.group(1).decode("utf-8")
-                except UnicodeDecodeError:
-                    return None
-            # Not a plain string (escapes, a number): the parse decides.
+                return found.group(1)
         parsed = parse() if parse is not None else _parse(body)
     model = parsed.get("model") if isinstance(parsed, dict) else None
-    return model if isinstance(model, str) else None
+    return model.encode("utf-8", "surrogatepass") if isinstance(model, str) else None
+
+
+def model_of(body: bytes, parsed: Any = None, parse: Callable[[], Any] | None = None) -> str | None:
+    """
+    :func:`model_key` as a string (None when it is not UTF-8).
+    """
+    key = model_key(body, parsed, parse)
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _parse(body: bytes) -> Any:
@@ -216,80 +227,106 @@ class CompiledRoute:
             header=tuple((n.encode("ascii"), v.encode("utf-8")) for n, v in config.header),
         )
 
+    @property
+    def unconditional(self) -> bool:
+        return self.model is None and not self.header
+
+
+class _Plan:
+    """
+    The routes one path can match, what deciding among them needs (the
+    model? which headers?), and the decisions made so far by model and
+    header values.
+    """
+
+    __slots__ = ("routes", "only", "needs_model", "headers", "decided")
+
+    def __init__(self, routes: tuple[CompiledRoute, ...]) -> None:
+        self.routes = routes
+        #: The first route when it has no condition left: every call's.
+        self.only = routes[0] if routes and routes[0].unconditional else None
+        self.needs_model = any(r.model is not None for r in routes)
+        self.headers = tuple(dict.fromkeys(name for r in routes for name, _ in r.header))
+        self.decided: dict[tuple[bytes | None, tuple[Any, ...]], CompiledRoute | None] = {}
+
+    def decide(self, model: bytes | None, values: tuple[Any, ...]) -> CompiledRoute | None:
+        name: str | None = None
+        if model is not None:
+            try:
+                name = model.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        given = dict(zip(self.headers, values))
+        for route in self.routes:
+            if route.header and not all(value in given[n] for n, value in route.header):
+                continue
+            if route.model is not None and (name is None or route.model(name) is None):
+                continue
+            return route
+        return None
+
+
+_UNDECIDED = object()
+
+
+def _values(raw: list[bytes] | None) -> tuple[bytes, ...]:
+    return tuple(raw) if raw else ()
+
 
 class Router:
     """
     The compiled route table: first match wins.
 
-    The routes a path can match are worked out once per distinct path, and
-    the globs a model matches once per distinct model (up to :data:`_PLANS`
-    of each), so a call costs a few dict and set lookups.
+    Which routes a path can match is worked out once per distinct path; a
+    call's route then depends only on its model and the values of the
+    headers some route names, and is remembered by those (up to
+    :data:`_PLANS` of each), so a call costs a few dict lookups.
     """
 
     def __init__(self, routes: Sequence[RouteConfig]) -> None:
         self.routes = tuple(CompiledRoute.of(route, i) for i, route in enumerate(routes))
         #: Whether any route needs the request's model.
         self.needs_model = any(r.model is not None for r in self.routes)
-        self._plans: dict[bytes, tuple[CompiledRoute, ...]] = {}
-        self._models: dict[str, frozenset[int]] = {}
+        self._plans: dict[bytes, _Plan] = {}
 
-    def _plan(self, path: bytes) -> tuple[CompiledRoute, ...]:
-        plan = self._plans.get(path)
-        if plan is None:
-            plan = tuple(r for r in self.routes if r.path is None or path.startswith(r.path))
-            # Nothing after a route with no other condition can match.
-            for end, route in enumerate(plan):
-                if route.model is None and not route.header:
-                    plan = plan[: end + 1]
-                    break
-            if len(self._plans) < _PLANS:
-                self._plans[path] = plan
+    def _plan(self, path: bytes) -> _Plan:
+        routes = tuple(r for r in self.routes if r.path is None or path.startswith(r.path))
+        # Nothing after a route with no other condition can match.
+        for end, route in enumerate(routes):
+            if route.unconditional:
+                routes = routes[: end + 1]
+                break
+        plan = _Plan(routes)
+        if len(self._plans) < _PLANS:
+            self._plans[path] = plan
         return plan
 
-    def match(self, path: bytes, headers: Any, model: Callable[[], str | None]) -> CompiledRoute | None:
+    def match(
+        self, path: bytes, headers: Any, model: Callable[[], bytes | None]
+    ) -> CompiledRoute | None:
         """
         The first route ``path``, ``headers`` (a ``Headers``) and the model
         match, or None.
 
-        :param model: called at most once, and only if a route that is
-            otherwise a match needs the model.
+        :param model: the request's model as bytes (:func:`model_key`);
+            called at most once, and only if the path's routes need it.
         """
-        hits: frozenset[int] | None = None
-        for route in self._plan(path):
-            if route.header:
-                for name, value in route.header:
-                    if value not in (headers.getRawHeaders(name) or ()):
-                        break
-                else:
-                    if route.model is None:
-                        return route
-                    hits = self._hits(model) if hits is None else hits
-                    if route.index in hits:
-                        return route
-                continue
-            if route.model is not None:
-                hits = self._hits(model) if hits is None else hits
-                if route.index not in hits:
-                    continue
-            return route
-        return None
-
-    def _hits(self, model: Callable[[], str | None]) -> frozenset[int]:
-        """
-        The indices of the routes whose model glob the call's model matches,
-        worked out once per distinct model.
-        """
-        name = model()
-        if name is None:
-            return frozenset()
-        hits = self._models.get(name)
-        if hits is None:
-            hits = frozenset(
-                r.index for r in self.routes if r.model is not None and r.model(name) is not None
-            )
-            if len(self._models) < _PLANS:
-                self._models[name] = hits
-        return hits
+        plan = self._plans.get(path)
+        if plan is None:
+            plan = self._plan(path)
+        if plan.only is not None:
+            return plan.only
+        name = model() if plan.needs_model else None
+        values: tuple[Any, ...] = ()
+        if plan.headers:
+            values = tuple(_values(headers.getRawHeaders(h)) for h in plan.headers)
+        key = (name, values)
+        route = plan.decided.get(key, _UNDECIDED)
+        if route is _UNDECIDED:
+            route = plan.decide(name, values)
+            if len(plan.decided) < _PLANS:
+                plan.decided[key] = route
+        return route  # type: ignore[return-value]
 
     def table(self) -> list[str]:
         """

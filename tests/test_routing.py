@@ -134,9 +134,9 @@ class RouterTests(SynchronousTestCase):
         self.asked = 0
 
     def match(self, path: bytes, model: str | None = None, **headers: str) -> str | None:
-        def read_model() -> str | None:
+        def read_model() -> bytes | None:
             self.asked += 1
-            return model
+            return None if model is None else model.encode()
 
         raw = Headers({k.replace("_", "-").encode(): [v.encode()] for k, v in headers.items()})
         route = self.router.match(path, raw, read_model)
@@ -171,7 +171,7 @@ class RouterTests(SynchronousTestCase):
 
         def route(path: bytes, model: str, tenant: str | None = None) -> str:
             raw = Headers({b"x-tenant": [tenant.encode()]} if tenant else {})
-            return router.match(path, raw, lambda: model).config.upstreams[0]
+            return router.match(path, raw, lambda: model.encode()).config.upstreams[0]
 
         for _ in range(2):  # the second time from the kept plans and globs
             self.assertEqual(route(b"/v1/chat/completions", "gpt-4o", "beta"), "local")
