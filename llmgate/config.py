@@ -232,6 +232,19 @@ class ManholeConfig:
 
 
 @attrs.frozen
+class PoolConfig:
+    """
+    How long a kept upstream connection lives: it is closed after
+    ``max_requests`` answers, or once idle ``max_idle`` seconds (below the
+    4-5 s keep-alive of uvicorn, Node and gunicorn servers, so a call never
+    meets a connection the upstream is closing).
+    """
+
+    max_requests: int = 1000
+    max_idle: float = 4.0
+
+
+@attrs.frozen
 class GatewayConfig:
     server: ServerConfig = ServerConfig()
     #: The default upstream: the first catch-all route's first upstream (or
@@ -249,6 +262,7 @@ class GatewayConfig:
     usage: UsageConfig = UsageConfig()
     manhole: ManholeConfig = ManholeConfig()
     auth: AuthConfig = AuthConfig()
+    pool: PoolConfig = PoolConfig()
     #: Where the file part came from, for messages; None when there was none.
     source: str | None = None
 
@@ -288,6 +302,7 @@ _DEFAULTS_ServerConfig = ServerConfig()
 _DEFAULTS_LLMConfig = LLMConfig()
 _DEFAULTS_SessionConfig = SessionConfig()
 _DEFAULTS_LoggingConfig = LoggingConfig()
+_DEFAULTS_PoolConfig = PoolConfig()
 
 
 # -- loading -----------------------------------------------------------------
@@ -383,7 +398,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
     top.allow(
         {
             "server", "llm", "upstreams", "routes", "middlewares", "session", "logging",
-            "metrics", "usage", "manhole", "auth",
+            "metrics", "usage", "manhole", "auth", "pool",
         }
     )
     from llmgate.routing import parse_upstreams
@@ -401,6 +416,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
         usage=_usage(top.section("usage")),
         manhole=_manhole(top.section("manhole")),
         auth=_auth(top.section("auth")),
+        pool=_pool(top.section("pool")),
         source=source,
     )
     _refuse_open_relay(config)
@@ -722,6 +738,14 @@ def _usage(section: _Section) -> UsageConfig:
     section.allow({"include_stream_usage"})
     return UsageConfig(
         include_stream_usage=section.boolean("include_stream_usage", False)
+    )
+
+
+def _pool(section: _Section) -> PoolConfig:
+    section.allow({"max_requests", "max_idle"})
+    return PoolConfig(
+        max_requests=section.integer("max_requests", _DEFAULTS_PoolConfig.max_requests, 1, 10_000_000),
+        max_idle=section.number("max_idle", _DEFAULTS_PoolConfig.max_idle, 0.001, 86400),
     )
 
 

@@ -160,6 +160,13 @@ class GatewayParts:
             view["upstreams"][name]["state"] = state
         return view
 
+    @property
+    def pool(self) -> Any:
+        """
+        The default upstream's connection pool (with ``llm:``, the only one).
+        """
+        return next(u.pool for u in self.upstreams.values() if u.config is self.config.llm)
+
     def upstream_states(self) -> dict[str, dict[str, Any]]:
         """
         Each upstream's health and attempts by outcome.

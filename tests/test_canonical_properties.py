@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
@@ -243,8 +243,7 @@ def test_detector_begin_and_complete_take_any_request(
     provider: str, path: bytes, body: Any, answer: Any, response_id: Any, session: Any, fuzzy: bool
 ) -> None:
     history = history_of(provider, path, body)
-    if history is None:
-        return
+    assume(history is not None)
     sessions = detector(fuzzy_matching=fuzzy)
     pending, decision = sessions.begin(history, session or None)
     assert decision.session_id
@@ -264,11 +263,9 @@ def test_an_identical_retry_finds_its_session(body: Any) -> None:
     lands in the same session (whatever the shape of its messages).
     """
     history = history_of("openai", b"/v1/chat/completions", body)
-    if history is None or history.previous_response_id:
-        return
+    assume(history is not None and not history.previous_response_id)
     sessions = detector()
-    if sessions._is_reset(history):
-        return
+    assume(not sessions._is_reset(history))
     pending, first = sessions.begin(history, None)
     sessions.complete(pending, None)
     _, second = sessions.begin(history, None)
@@ -358,3 +355,22 @@ def test_deeply_nested_tool_results_do_not_raise() -> None:
     message = {"role": "user", "content": content}
     reduce_message("anthropic", message)
     answer_digests("anthropic", message)
+
+
+reduced_values = st.recursive(
+    st.text() | st.sampled_from(["\ud800", "a\udfffb", "\x00\x1f\x7f\u2028", '"\\/'])
+    | st.integers(-(2**70), 2**70),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner),
+    max_leaves=12,
+)
+
+
+@SETTINGS
+@given(reduced=reduced_values)
+def test_canonical_bytes_are_the_standard_librarys_byte_for_byte(reduced: Any) -> None:
+    # Digests a Redis store holds were made from json.dumps: the fast path
+    # must give the very same bytes, or every stored session is lost.
+    from llmgate.sessions.canonical import canonical_bytes
+
+    expected = json.dumps(reduced, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_bytes(reduced) == expected.encode("utf-8", "surrogatepass")
