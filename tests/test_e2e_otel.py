@@ -18,9 +18,6 @@ import treq
 from twisted.internet.task import deferLater
 from twisted.web.server import Site
 
-import attrs
-
-from llmgate.exchange import Exchange
 from tests.conftest import Running, _listen
 from tests.otlpcollector import Collector, ReceivedSpan
 from tests.test_e2e_sdk import TIMEOUT, ask, in_thread
@@ -336,11 +333,6 @@ def test_a_hanging_collector_leaves_calls_alone_and_full_queue_drops_are_counted
 
 
 
-#: Failover across upstreams (issue 14) records every attempt on the exchange.
-FAILOVER = "attempts" in attrs.fields_dict(Exchange)
-
-
-@pytest.mark.skipif(not FAILOVER, reason="failover across upstreams (issue 14) has not landed")
 @pytest_twisted.inlineCallbacks
 def test_a_failover_shows_two_client_spans_under_the_call(make_gateway, upstream, collector):
     import socket
