@@ -1,0 +1,365 @@
+"""
+The index of the trace directory: every call's summary, grouped by session,
+bounded, kept current as files land and go.
+
+Files are listed, read and parsed in a thread (``run_in_thread``); the
+reactor thread only merges the small summaries.  Several processes (workers,
+machines on a shared volume) may write the directory: the index shows every
+file, whoever wrote it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import json
+import os
+from typing import Any, Callable, Iterable
+
+import attrs
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from llmgate.middleware.live import Hub
+from llmgate.ui.stats import MinuteStats
+from llmgate.ui.summary import CallSummary, added_messages, summarize
+
+SUFFIX = ".json"
+#: Files parsed per trip to the thread pool.
+BATCH = 1000
+
+RunInThread = Callable[..., Deferred]
+
+
+@attrs.define(slots=True, eq=False)
+class SessionSummary:
+    id: str
+    #: Call ids, oldest first.
+    calls: list[str] = attrs.field(factory=list)
+    provider: str | None = None
+    model: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    errors: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    preview: str = ""
+    #: No session id in the traces (session detection off): one call alone.
+    sessionless: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "calls": len(self.calls),
+            "provider": self.provider,
+            "model": self.model,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "errors": self.errors,
+            "first": self.first,
+            "last": self.last,
+            "preview": self.preview,
+            "sessionless": self.sessionless,
+        }
+
+
+def trace_name(name: str) -> bool:
+    return name.endswith(SUFFIX) and not name.startswith(".")
+
+
+def read_summaries(directory: str, names: Iterable[str]) -> list[CallSummary]:
+    """
+    Parse trace files (in a thread); unreadable ones are skipped.
+    """
+    found = []
+    for name in names:
+        try:
+            with open(os.path.join(directory, name), "rb") as handle:
+                document = json.loads(handle.read())
+        except (OSError, ValueError, RecursionError):
+            continue
+        summary = summarize(document, name)
+        if summary is not None:
+            found.append(summary)
+    return found
+
+
+class TraceIndex:
+    """
+    :param run_in_thread: ``f(*args) -> Deferred`` running ``f`` off the
+        reactor thread (``deferToThreadPool``); tests pass a synchronous one.
+    :param hub: told of every call indexed after the start (``call_indexed``).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        directory: str,
+        run_in_thread: RunInThread,
+        max_sessions: int = 10_000,
+        max_calls: int = 100_000,
+        hub: Hub | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.directory = directory
+        self.run_in_thread = run_in_thread
+        self.max_sessions = max_sessions
+        self.max_calls = max_calls
+        self.hub = hub or Hub()
+        self.calls: dict[str, CallSummary] = {}
+        self.sessions: dict[str, SessionSummary] = {}
+        self.stats = MinuteStats()
+        #: File name to call id, for files that go.
+        self.by_file: dict[str, str] = {}
+        #: Files read that held no trace (or were evicted): not read again.
+        self.skipped: set[str] = set()
+        self.ready = False
+        self._call_heap: list[tuple[float, str]] = []
+        self._session_heap: list[tuple[float, str]] = []
+        self._incoming: set[str] = set()
+        self._reading = False
+
+    # -- loading --------------------------------------------------------------
+
+    @inlineCallbacks
+    def load(self) -> Any:
+        """
+        Index what the directory holds: the newest ``max_calls`` files (file
+        names begin with their UTC time), read in batches.
+        """
+        names = yield self.run_in_thread(self._newest_names)
+        for start in range(0, len(names), BATCH):
+            batch = names[start : start + BATCH]
+            found = yield self.run_in_thread(read_summaries, self.directory, batch)
+            self.add(found, publish=False)
+            read = {call.file for call in found}
+            self.skipped.update(name for name in batch if name not in read)
+        self.ready = True
+        self.log.info(
+            "live view: indexed {calls} calls in {sessions} sessions from {directory}",
+            calls=len(self.calls),
+            sessions=len(self.sessions),
+            directory=self.directory,
+        )
+        if self._incoming:
+            self._read_incoming()
+
+    def _newest_names(self) -> list[str]:
+        names = sorted(n for n in os.listdir(self.directory) if trace_name(n))
+        return names[-self.max_calls :]
+
+    # -- keeping current ------------------------------------------------------
+
+    def file_added(self, name: str) -> None:
+        """
+        A file landed (inotify or a poll): read it soon, with others.
+        """
+        if not trace_name(name) or name in self.by_file or name in self.skipped:
+            return
+        self._incoming.add(name)
+        if self.ready and not self._reading:
+            self._reading = True
+            self.reactor.callLater(0.02, self._read_incoming)
+
+    def file_removed(self, name: str) -> None:
+        call_id = self.by_file.get(name)
+        if call_id is not None:
+            self._remove_call(call_id)
+        self.skipped.discard(name)
+
+    def _read_incoming(self) -> None:
+        names, self._incoming = sorted(self._incoming), set()
+        self._reading = True
+        d = self.run_in_thread(read_summaries, self.directory, names)
+
+        def done(found: list[CallSummary]) -> None:
+            self.add(found)
+            read = {call.file for call in found}
+            self.skipped.update(name for name in names if name not in read)
+            self._reading = False
+            if self._incoming:
+                self._reading = True
+                self.reactor.callLater(0.02, self._read_incoming)
+
+        def failed(failure: Any) -> None:
+            self._reading = False
+            self.log.failure("live view: reading new trace files failed", failure)
+
+        d.addCallbacks(done, failed)
+
+    def scan_difference(self) -> tuple[list[str], list[str]]:
+        """
+        Files added and removed since the last look (in a thread, for the
+        poll): one listing, compared with what is known.
+        """
+        present = {n for n in os.listdir(self.directory) if trace_name(n)}
+        known = list(self.by_file) + list(self.skipped)
+        known_set = set(known)
+        return sorted(present - known_set), [n for n in known if n not in present]
+
+    # -- the index ------------------------------------------------------------
+
+    def add(self, found: Iterable[CallSummary], publish: bool = True) -> None:
+        added = []
+        for call in found:
+            if call.id in self.calls:
+                continue
+            self.calls[call.id] = call
+            self.by_file[call.file] = call.id
+            heapq.heappush(self._call_heap, (call.time, call.id))
+            self._into_session(call)
+            self.stats.add(call)
+            added.append(call)
+        self._bound()
+        if publish and self.hub.active:
+            for call in added:
+                if call.id in self.calls:
+                    self.hub.publish("call_indexed", call.as_json())
+
+    def _into_session(self, call: CallSummary) -> None:
+        key = call.session_id or "call-" + call.id
+        session = self.sessions.get(key)
+        if session is None:
+            session = self.sessions[key] = SessionSummary(
+                id=key, first=call.time, last=call.time, sessionless=call.session_id is None
+            )
+        calls = session.calls
+        if not calls or self.calls[calls[-1]].time <= call.time:
+            calls.append(call.id)
+        else:
+            times = [self.calls[c].time for c in calls]
+            calls.insert(bisect.bisect_right(times, call.time), call.id)
+        session.tokens_in += call.tokens_in
+        session.tokens_out += call.tokens_out
+        session.errors += call.failed
+        session.first = min(session.first, call.time)
+        if call.time >= session.last or len(calls) == 1:
+            session.last = call.time
+            session.provider = call.provider or session.provider
+            session.model = call.model or session.model
+            session.preview = call.preview or session.preview
+        heapq.heappush(self._session_heap, (session.last, key))
+
+    def _remove_call(self, call_id: str) -> None:
+        call = self.calls.pop(call_id, None)
+        if call is None:
+            return
+        self.by_file.pop(call.file, None)
+        key = call.session_id or "call-" + call.id
+        session = self.sessions.get(key)
+        if session is None:
+            return
+        session.calls.remove(call_id)
+        if not session.calls:
+            del self.sessions[key]
+            return
+        session.tokens_in -= call.tokens_in
+        session.tokens_out -= call.tokens_out
+        session.errors -= call.failed
+        session.first = self.calls[session.calls[0]].time
+        session.last = self.calls[session.calls[-1]].time
+
+    def _bound(self) -> None:
+        """
+        Drop the oldest calls beyond ``max_calls`` and the least recent
+        sessions beyond ``max_sessions`` (with their calls).
+        """
+        heap = self._call_heap
+        while len(self.calls) > self.max_calls and heap:
+            when, call_id = heapq.heappop(heap)
+            call = self.calls.get(call_id)
+            if call is not None and call.time == when:
+                self.skipped.add(call.file)
+                self._remove_call(call_id)
+        heap = self._session_heap
+        while len(self.sessions) > self.max_sessions and heap:
+            when, key = heapq.heappop(heap)
+            session = self.sessions.get(key)
+            if session is not None and session.last == when:
+                for call_id in list(session.calls):
+                    self.skipped.add(self.calls[call_id].file)
+                    self._remove_call(call_id)
+        # Stale heap entries (calls already gone) are dropped when they
+        # surface; rebuild when they outnumber the live ones.
+        if len(self._call_heap) > 2 * len(self.calls) + 1000:
+            self._call_heap = [(c.time, c.id) for c in self.calls.values()]
+            heapq.heapify(self._call_heap)
+        if len(self._session_heap) > 2 * len(self.sessions) + 1000:
+            self._session_heap = [(s.last, s.id) for s in self.sessions.values()]
+            heapq.heapify(self._session_heap)
+
+    # -- questions ------------------------------------------------------------
+
+    def find_sessions(
+        self, text: str = "", model: str = "", offset: int = 0, limit: int = 50
+    ) -> tuple[int, list[SessionSummary]]:
+        """
+        Sessions most recent first, filtered: ``text`` is looked for in the
+        session id, provider, model and last user text; ``model`` must match.
+        """
+        needle = text.lower()
+        chosen = []
+        for session in self.sessions.values():
+            if model and session.model != model:
+                continue
+            if needle and not (
+                needle in session.id.lower()
+                or needle in (session.model or "").lower()
+                or needle in (session.provider or "").lower()
+                or needle in session.preview.lower()
+            ):
+                continue
+            chosen.append(session)
+        chosen.sort(key=lambda s: s.last, reverse=True)
+        return len(chosen), chosen[offset : offset + limit]
+
+    def session_calls(
+        self, session_id: str, offset: int = 0, limit: int = 200
+    ) -> Deferred[list[dict[str, Any]]] | None:
+        """
+        A session's calls, oldest first, each with the messages it added
+        (its file read in a thread); None for an unknown session.
+        """
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        calls = [self.calls[c] for c in session.calls[offset : offset + limit]]
+        return self.run_in_thread(_with_messages, self.directory, calls)
+
+    def read_call(self, call_id: str) -> Deferred[Any] | None:
+        """
+        A call's whole trace document, read in a thread; None when unknown.
+        """
+        call = self.calls.get(call_id)
+        if call is None:
+            return None
+        return self.run_in_thread(_read_document, os.path.join(self.directory, call.file))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "ready": self.ready,
+            "calls": len(self.calls),
+            "sessions": len(self.sessions),
+        }
+
+
+def _read_document(path: str) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _with_messages(directory: str, calls: list[CallSummary]) -> list[dict[str, Any]]:
+    result = []
+    for call in calls:
+        entry = call.as_json()
+        document = _read_document(os.path.join(directory, call.file))
+        entry["messages"] = added_messages(document)
+        entry["missing"] = document is None
+        result.append(entry)
+    return result
