@@ -99,8 +99,8 @@ class EventStream:
         if self.closed:
             return
         self._stop(cancelled=False)
-        if not self.request._disconnected:
-            self.request.unregisterProducer()
+        # Still connected (a disconnect closes through stopProducing first).
+        self.request.unregisterProducer()
         self.done.callback(b"")
 
     def _stop(self, cancelled: bool) -> None:

@@ -137,6 +137,7 @@ class TraceIndex:
             read = {call.file for call in found}
             self.skipped.update(name for name in batch if name not in read)
         self.ready = True
+        self.hub.publish("ready", self.state())
         self.log.info(
             "live view: indexed {calls} calls in {sessions} sessions from {directory}",
             calls=len(self.calls),

@@ -4,6 +4,7 @@ Calls, tokens and latency per minute, for the charts of the sessions page.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -90,5 +91,6 @@ class MinuteStats:
 def _percentile(ordered: list[float], share: float) -> float | None:
     if not ordered:
         return None
-    index = min(len(ordered) - 1, max(0, int(round(share * len(ordered) + 0.5)) - 1))
+    # nearest rank
+    index = min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))
     return round(ordered[index], 3)
