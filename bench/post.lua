@@ -15,11 +15,11 @@ done = function(summary, latency, requests)
    local e = summary.errors
    local line = string.format(
       '{%s"requests":%d,"seconds":%.3f,"rps":%.1f,'
-      .. '"lat_p50_us":%.1f,"lat_p90_us":%.1f,"lat_p99_us":%.1f,"lat_max_us":%.1f,"lat_mean_us":%.1f,'
+      .. '"lat_p50_us":%.1f,"lat_p90_us":%.1f,"lat_p99_us":%.1f,"lat_p999_us":%.1f,"lat_max_us":%.1f,"lat_mean_us":%.1f,'
       .. '"non2xx":%d,"err_connect":%d,"err_read":%d,"err_write":%d,"err_timeout":%d,"bytes":%d}\n',
       os.getenv("BENCH_TAG") or "",
       summary.requests, seconds, summary.requests / seconds,
-      latency:percentile(50), latency:percentile(90), latency:percentile(99),
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
       latency.max, latency.mean,
       e.status, e.connect, e.read, e.write, e.timeout, summary.bytes)
    local path = os.getenv("BENCH_OUT")

@@ -6,7 +6,7 @@ middleware reads, filled in once as the call goes.
 from __future__ import annotations
 
 import itertools
-import json
+from llmgate import fastjson
 import os
 from typing import Any, Sequence
 
@@ -90,7 +90,7 @@ class ResponseRecord:
             self._document = None
             if not self.streaming and not self.truncated and self.body:
                 try:
-                    self._document = json.loads(self.body)
+                    self._document = fastjson.loads(self.body)
                 except (ValueError, UnicodeDecodeError, RecursionError):
                     pass
         return self._document
@@ -199,9 +199,16 @@ class Exchange:
         """
         if self._json is _UNPARSED:
             try:
-                self._json = json.loads(self.request.body) if self.request.body else None
+                self._json = fastjson.loads(self.request.body) if self.request.body else None
             except (ValueError, UnicodeDecodeError, RecursionError):
                 self._json = None
+        return self._json
+
+    def parsed_request_json(self) -> Any:
+        """
+        :attr:`request_json` if something has asked for it already, else
+        :data:`UNPARSED`.
+        """
         return self._json
 
     def invalidate_request_json(self) -> None:

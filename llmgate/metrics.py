@@ -144,7 +144,8 @@ class Metrics(Middleware):
         ``streams_open`` (callables), ``middleware_errors`` (a Counter),
         ``refused`` (callable returning a mapping of reason to count),
         ``sessions`` (callable returning the session figures or None),
-        ``traces`` (callable returning the trace middleware states).
+        ``traces`` (callable returning the trace middleware states),
+        ``stalls`` (callable returning a :class:`llmgate.stalls.StallWatch`).
     """
 
     name = "metrics"
@@ -259,6 +260,7 @@ class Metrics(Middleware):
             },
             "middleware_errors": dict(self._live("middleware_errors", {})),
             "sessions": self._live("sessions", None),
+            "stalls": stalls.view() if (stalls := self._live("stalls", None)) else None,
         }
 
     def prometheus(self, accept: str | None) -> tuple[bytes, str]:
@@ -384,6 +386,22 @@ def _live(metrics: Metrics) -> Iterable[Any]:
         "llmgate_middleware_errors", "Middleware hooks that raised.", "middleware",
         view["middleware_errors"],
     )
+    stalls = metrics._live("stalls", None)
+    if stalls is not None:
+        pauses = HistogramMetricFamily(
+            "llmgate_gc_pause_seconds",
+            "Garbage collections by generation, by how long they stopped the process.",
+            labels=["generation"],
+        )
+        for generation, counts in stalls.gc_pauses.items():
+            pauses.add_metric([str(generation)], counts.cumulative(), counts.total)
+        yield pauses
+        lag = HistogramMetricFamily(
+            "llmgate_loop_lag_seconds",
+            "How late a timer on the reactor thread fired: what any stall cost a call.",
+        )
+        lag.add_metric([], stalls.loop_lag.cumulative(), stalls.loop_lag.total)
+        yield lag
     sessions = view["sessions"]
     if sessions:
         yield _gauge("llmgate_sessions_active", "Sessions alive.", sessions.get("active_sessions", 0))

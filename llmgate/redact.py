@@ -19,6 +19,7 @@ SECRET_HEADERS = frozenset(
 )
 
 REDACTED = "[redacted]"
+_REDACTED_BYTES = REDACTED.encode("ascii")
 
 
 class Scrubber:
@@ -34,6 +35,8 @@ class Scrubber:
         self._secrets = tuple(
             sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
         )
+        self._encoded_for: tuple[str, ...] | None = None
+        self._encoded_cache: tuple[bytes, ...] = ()
 
     def add(self, secret: str | None) -> None:
         if secret and len(secret) >= 6 and secret not in self._secrets:
@@ -44,6 +47,22 @@ class Scrubber:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text
+
+    def bytes(self, data: bytes) -> bytes:
+        """
+        :meth:`__call__` for UTF-8 bytes, such as a serialised document.
+        """
+        for secret in self._encoded:
+            if secret in data:
+                data = data.replace(secret, _REDACTED_BYTES)
+        return data
+
+    @property
+    def _encoded(self) -> tuple[bytes, ...]:
+        if self._encoded_for is not self._secrets:
+            self._encoded_cache = tuple(s.encode("utf-8", "surrogatepass") for s in self._secrets)
+            self._encoded_for = self._secrets
+        return self._encoded_cache
 
     def __bool__(self) -> bool:
         return bool(self._secrets)

@@ -34,6 +34,7 @@ from llmgate.http.server import GatewaySite
 from llmgate.sessions.detect import SessionDetector
 from llmgate.sessions.memory import MemorySessionStore
 from llmgate.sessions.stage import SessionStage
+from llmgate.stalls import StallWatch
 from llmgate.http.upstream import make_upstream, tls_policy
 
 
@@ -87,6 +88,7 @@ class GatewayParts:
         )
         self.middlewares = build_middlewares(config, reactor)
         self.sessions: SessionStage | None = None
+        self.stalls = StallWatch(reactor)
         stages: list[Any] = []
         self.auth: AuthStage | None = None
         if config.auth.enabled:
@@ -104,6 +106,7 @@ class GatewayParts:
                 "refused": self._refused,
                 "middleware_errors": lambda: self.pipeline.errors,
                 "sessions": lambda: dict(self.sessions.state()) if self.sessions else None,
+                "stalls": lambda: self.stalls,
                 "traces": lambda: [
                     dict(m.state()) for m in self.middlewares if getattr(m, "name", "") == "trace"
                 ],
@@ -247,6 +250,7 @@ class GatewayService(MultiService):
             "config": parts.config_view(),
             "sessions": parts.sessions.detector.store if parts.sessions else None,
             "metrics": parts.metrics.json_view,
+            "stalls": parts.stalls,
             "pool": parts.pool,
             "exchanges": parts.forwarder.open_calls,
             "service": self,
@@ -268,6 +272,7 @@ class GatewayService(MultiService):
         self.reactor.callWhenRunning(self._take_sigterm)
         self.reactor.callWhenRunning(self._ready)
         self.reactor.callWhenRunning(tune_gc)
+        self.reactor.callWhenRunning(self.parts.stalls.start)
 
     def _ready(self) -> None:
         config = self.config
@@ -329,6 +334,7 @@ class GatewayService(MultiService):
             calls=len(self.parts.forwarder.open_calls),
             timeout=self.config.server.shutdown_timeout,
         )
+        self.parts.stalls.stop()
         d = maybeDeferred(self.listener.stopService)
         d.addCallback(lambda _: self._drain())
         d.addCallback(lambda _: self.parts.forwarder.head_deadlines.close())

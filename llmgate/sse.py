@@ -20,7 +20,7 @@ events arrive in one chunk, 2.5 in a chunk of its own (3.0 with CRLF), 3.5 to
 
 from __future__ import annotations
 
-import json
+from llmgate import fastjson
 from typing import Any
 
 import attrs
@@ -75,7 +75,7 @@ class ServerSentEvent:
         value = self._json
         if value is _UNPARSED:
             try:
-                value = json.loads(self.data)
+                value = fastjson.loads(self.data)
             except (ValueError, RecursionError):
                 value = _NOT_JSON
             object.__setattr__(self, "_json", value)

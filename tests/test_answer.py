@@ -488,7 +488,7 @@ class StreamAnswerCostTests(SynchronousTestCase):
 
         self.patch(answer_module, "json", CountingJSON)
         # Event data is parsed by the event itself, once for all readers.
-        self.patch(sse_module, "json", CountingJSON)
+        self.patch(sse_module, "fastjson", CountingJSON)
 
     def test_anthropic_ping_message_delta_and_message_stop_are_not_parsed(self) -> None:
         fed("anthropic", [event("ping", {}), event("message_delta", {"usage": {}}), event("message_stop", {})])

@@ -691,7 +691,7 @@ class EventJSONTests(SynchronousTestCase):
         from llmgate import sse as sse_module
 
         parsed: list[str] = []
-        real = sse_module.json.loads
+        real = sse_module.fastjson.loads
 
         class CountingJSON:
             @staticmethod
@@ -699,7 +699,7 @@ class EventJSONTests(SynchronousTestCase):
                 parsed.append(data)
                 return real(data)
 
-        self.patch(sse_module, "json", CountingJSON)
+        self.patch(sse_module, "fastjson", CountingJSON)
         event = ServerSentEvent("message", '{"a": 1}')
         self.assertIs(event.json(), event.json())
         self.assertEqual(event.json(), {"a": 1})

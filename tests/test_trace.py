@@ -15,6 +15,7 @@ from twisted.web.http_headers import Headers
 from llmgate.config import ConfigError, parse
 from llmgate.exchange import Exchange, RequestRecord, ResponseRecord
 from llmgate.middleware import MiddlewareContext
+from llmgate.middleware import trace as trace_module
 from llmgate.middleware.trace import TraceMiddleware, build
 from llmgate.redact import Scrubber
 from llmgate.sse import SSEParser
@@ -192,3 +193,66 @@ class TraceConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             build({"directory": self.mktemp(), "dirs": 1}, self.context())
         self.assertIn("dirs", str(caught.exception))
+
+
+class TraceRenderingTests(SynchronousTestCase):
+    """
+    Documents are built and serialised on the reactor thread, on a later
+    turn and in bounded slices; the writer thread gets bytes only.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.trace = TraceMiddleware(self.clock, self.mktemp(), scrubber=Scrubber([CANARY_KEY]))
+        self.handed: list[list[tuple[str, bytes, float]]] = []
+        # Stand in for the writer thread: record what it would be given.
+        self.trace._thread = object()  # type: ignore[assignment]
+        self.trace._queue = _Recorder(self.handed)  # type: ignore[assignment]
+
+    def finish(self, count: int) -> None:
+        for index in range(count):
+            ex = exchange(body=b"{}")
+            ex.id = f"{index:032x}"
+            self.trace.exchange_finished(ex)
+
+    def test_nothing_is_rendered_until_the_answer_is_out(self) -> None:
+        self.finish(1)
+        self.assertEqual(self.handed, [])
+        self.assertEqual(self.trace.pending, 1)
+        self.clock.advance(0)
+        [[(name, data, _)]] = self.handed
+        self.assertTrue(name.endswith(f"{0:032x}.json"))
+        document = json.loads(data)
+        self.assertEqual(document["request"]["body"]["model"], "m")
+        self.assertNotIn(CANARY_KEY.encode(), data)
+
+    def test_a_burst_is_rendered_in_slices_across_turns(self) -> None:
+        self.patch(trace_module, "RENDER_SLICE", -1.0)
+        self.finish(3)
+        [turn] = self.clock.getDelayedCalls()
+        self.clock.calls.remove(turn)
+        self.trace._render_some()
+        self.assertEqual([len(batch) for batch in self.handed], [1])
+        [later] = self.clock.getDelayedCalls()
+        self.assertEqual(later.getTime(), self.clock.seconds())
+        self.clock.advance(0)
+        self.assertEqual([len(batch) for batch in self.handed], [1, 1, 1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_document_that_cannot_be_rendered_is_a_counted_failure(self) -> None:
+        def broken(snapshot: object) -> dict:
+            raise RuntimeError("no")
+
+        self.patch(self.trace, "_document", broken)
+        self.finish(1)
+        self.clock.advance(0)
+        self.assertEqual(self.handed, [])
+        self.assertEqual((self.trace.failed, self.trace.pending), (1, 0))
+
+
+class _Recorder:
+    def __init__(self, into: list) -> None:
+        self.into = into
+
+    def put(self, item: object) -> None:
+        self.into.append(item)

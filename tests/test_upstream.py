@@ -26,7 +26,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from llmgate.forward import BytesProducer
-from llmgate.http.upstream import STALE_WINDOW, Origin, UpstreamAgent, UpstreamPool
+from llmgate.http.upstream import (
+    STALE_WINDOW,
+    Origin,
+    UpstreamAgent,
+    UpstreamPool,
+    tls_policy,
+    upstream_endpoint,
+)
 
 BASE = b"http://upstream.test:8000/api"
 
@@ -577,3 +584,37 @@ class ReviewRegressionTests(UpstreamTestCase):
         d = self.send()
         self.answer(b"HTTP/1.1 200 OK\nContent-Length: 8\n\nab\r\n\r\ncd")
         self.assertEqual(self.response(d).complete_body(), b"ab\r\n\r\ncd")
+
+
+class EndpointTests(SynchronousTestCase):
+    """
+    Which endpoint reaches ``llm.base_url``: a refused upstream at an IP
+    address must fail at once, not after ``HostnameEndpoint``'s attempt
+    delay.
+    """
+
+    def refused_at(self, base_url: bytes) -> Deferred[Any]:
+        from twisted.internet.protocol import Factory
+
+        reactor = MemoryReactorClock()
+        endpoint = upstream_endpoint(reactor, base_url, 5.0, tls_policy(None, True))
+        connecting = endpoint.connect(Factory.forProtocol(Protocol))
+        host, port, factory, timeout, bind = reactor.tcpClients[0]
+        self.assertEqual(timeout, 5.0)
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        return connecting
+
+    def test_a_refused_ipv4_literal_fails_without_waiting(self) -> None:
+        # No clock advanced: HostnameEndpoint would still be waiting here.
+        self.failureResultOf(self.refused_at(b"http://127.0.0.1:9/v1"), ConnectionRefusedError)
+
+    def test_a_refused_ipv6_literal_fails_without_waiting(self) -> None:
+        self.failureResultOf(self.refused_at(b"http://[::1]:9/v1"), ConnectionRefusedError)
+
+    def test_a_name_keeps_hostname_endpoint(self) -> None:
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        endpoint = upstream_endpoint(
+            MemoryReactorClock(), b"http://api.test/v1", 5.0, tls_policy(None, True)
+        )
+        self.assertIsInstance(endpoint, HostnameEndpoint)

@@ -309,7 +309,7 @@ class StreamUsageCostTests(SynchronousTestCase):
 
         self.patch(usage_module, "json", CountingJSON)
         # Event data is parsed by the event itself, once for all readers.
-        self.patch(sse_module, "json", CountingJSON)
+        self.patch(sse_module, "fastjson", CountingJSON)
 
     def test_only_the_usage_chunk_of_an_openai_stream_is_parsed(self) -> None:
         events = events_of(openai_chunks("one two three four", "gpt-fake", True))

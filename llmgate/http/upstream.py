@@ -28,7 +28,13 @@ import attrs
 from twisted.internet import error as neterror
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -937,9 +943,21 @@ def upstream_endpoint(
     """
     The client endpoint of ``base_url``: TCP, wrapped in TLS checked by
     ``policy`` for https.
+
+    An IP literal gets a plain TCP endpoint: ``HostnameEndpoint`` waits its
+    attempt delay (0.3 s) after the last address failed before it gives up,
+    so a refused upstream at an IP address would cost that much before its
+    502, where a plain endpoint fails at once.  A name keeps
+    ``HostnameEndpoint``, which tries each of its addresses in turn.
     """
     origin = Origin.of(base_url)
-    endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=connect_timeout)
+    endpoint: Any
+    if isIPAddress(origin.host):
+        endpoint = TCP4ClientEndpoint(reactor, origin.host, origin.port, timeout=connect_timeout)
+    elif isIPv6Address(origin.host):
+        endpoint = TCP6ClientEndpoint(reactor, origin.host, origin.port, timeout=connect_timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=connect_timeout)
     if origin.scheme == b"https":
         creator = policy.creatorForNetloc(origin.host.encode("idna"), origin.port)
         return wrapClientTLS(creator, endpoint)
