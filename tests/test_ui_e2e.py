@@ -46,9 +46,12 @@ def until(gateway: Running, predicate: Callable[[], bool]) -> Deferred[None]:
 
 
 def indexed(gateway: Running, count: int) -> Deferred[None]:
+    """
+    Fires once ``count`` calls are in the index with their trace files.
+    """
     assert gateway.parts is not None
     index = gateway.parts.ui.index
-    return until(gateway, lambda: index.ready and len(index.calls) >= count)
+    return until(gateway, lambda: index.ready and len(index.by_file) >= count)
 
 
 def chat(gateway: Running, text: str, session: str | None = None, stream: bool = False) -> Deferred[Any]:

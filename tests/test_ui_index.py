@@ -247,6 +247,24 @@ class IndexTests(SynchronousTestCase):
         self.assertIsNone(index.session_calls("nope"))
         self.assertEqual(self.successResultOf(index.read_call("a2"))["id"], "a2")
 
+    def test_a_call_of_this_process_is_indexed_at_its_end_and_its_file_is_not_read(self) -> None:
+        index = self.index()
+        own = summarize(trace("own1", BASE, "A"), "unused")
+        assert own is not None
+        own.file = None
+        index.add_own(own)
+        self.assertEqual(index.sessions["A"].calls, ["own1"])
+        self.assertIsNone(self.successResultOf(index.read_call("own1")))
+        self.assertEqual(self.successResultOf(index.session_calls("A"))[0]["missing"], True)
+        # its file lands: noted by name, never opened (this one holds garbage)
+        name = "20270115T080000.000000Z-own1.json"
+        with open(os.path.join(self.directory, name), "w") as handle:
+            handle.write("not json")
+        index.file_added(name)
+        self.assertEqual((own.file, index.by_file), (name, {name: "own1"}))
+        self.assertEqual([kind for kind, _ in self.heard], ["ready", "call_indexed"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_the_poll_finds_new_and_removed_files(self) -> None:
         gone = write(self.directory, trace("a1", BASE, "A"))
         index = self.index()

@@ -20,8 +20,9 @@ from llmgate.exchange import Exchange, RequestRecord, ResponseRecord
 from llmgate.interfaces import IMiddleware
 from llmgate.middleware.live import Hub, LiveFeed, delta_text
 from llmgate.sse import ServerSentEvent
-from llmgate.ui.events import HEARTBEAT_SECONDS, EventStream
+from llmgate.ui.events import HEARTBEAT_SECONDS, WRITE_SECONDS, EventStream
 from llmgate.ui.index import TraceIndex
+from llmgate.ui.summary import summary_of_exchange
 from llmgate.ui.view import CSP, DisabledView, LiveView, is_view_path
 from tests.test_ui_index import BASE, trace, write
 
@@ -129,6 +130,28 @@ class LiveFeedTests(SynchronousTestCase):
         self.flushLoggedErrors(RuntimeError)
 
 
+class SummaryOfExchangeTests(SynchronousTestCase):
+    def exchange(self) -> Exchange:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "key sk-secret-123 here"}]})
+        call = Exchange(id="e9", provider="openai", received=1.0,
+                        request=RequestRecord(b"POST", b"/v1/chat/completions?a=1", Headers(), body.encode()))
+        call.session_id, call.ended_at, call.usage = "s", 1.25, {"input_tokens": 3, "output_tokens": 4}
+        call.response = ResponseRecord(status=200, headers=[], streaming=True)
+        call.notes["session_how"] = "new"
+        return call
+
+    def test_a_call_is_summarised_from_its_exchange_as_its_trace_would_be(self) -> None:
+        from llmgate.redact import Scrubber
+
+        call = summary_of_exchange(self.exchange(), 50.0, True, Scrubber(["sk-secret-123"]))
+        self.assertEqual((call.time, call.file, call.path, call.status), (50.0, None, "/v1/chat/completions", 200))
+        self.assertEqual((call.duration_ms, call.tokens_out, call.decision, call.streaming), (250.0, 4, "new", True))
+        self.assertEqual(call.preview, "key [redacted] here")
+
+    def test_without_bodies_in_the_trace_no_text_is_kept(self) -> None:
+        self.assertEqual(summary_of_exchange(self.exchange(), 50.0, False, str).preview, "")
+
+
 class EventStreamTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -149,6 +172,9 @@ class EventStreamTests(SynchronousTestCase):
         self.hub.publish("call_started", {"id": "a", "session_id": "s1"})
         self.hub.publish("call_started", {"id": "b", "session_id": "s2"})
         self.hub.publish("delta", {"id": "a", "session_id": "s1", "text": "<b>"})
+        self.assertEqual(self.events(), [])
+        self.clock.advance(WRITE_SECONDS)  # gathered, then written at once
+        self.assertEqual(len(self.request.written), 2)
         self.assertEqual(self.events(), [("call_started", {"id": "a", "session_id": "s1"}),
                                          ("delta", {"id": "a", "session_id": "s1", "text": "<b>"})])
         self.clock.advance(HEARTBEAT_SECONDS)
@@ -163,6 +189,7 @@ class EventStreamTests(SynchronousTestCase):
         EventStream(self.request, self.hub, self.clock)
         self.hub.publish("delta", {"id": "a", "session_id": "s1", "text": "x"})
         self.hub.publish("call_ended", {"id": "a", "session_id": "s1"})
+        self.clock.advance(WRITE_SECONDS)
         self.assertEqual([kind for kind, _ in self.events()], ["call_ended"])
 
     def test_a_follower_that_does_not_read_loses_messages_then_is_told_to_resync(self) -> None:
@@ -173,6 +200,12 @@ class EventStreamTests(SynchronousTestCase):
         self.assertEqual(self.events(), [])
         stream.resumeProducing()
         self.assertEqual(self.events(), [("resync", {"dropped": 3})])
+
+    def test_what_is_gathered_is_written_before_the_stream_ends(self) -> None:
+        stream = EventStream(self.request, self.hub, self.clock)
+        self.hub.publish("call_ended", {"id": "a"})
+        stream.close()
+        self.assertEqual(self.events(), [("call_ended", {"id": "a"})])
 
     def test_a_follower_that_goes_away_unsubscribes(self) -> None:
         stream = EventStream(self.request, self.hub, self.clock)

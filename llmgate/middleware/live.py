@@ -118,6 +118,10 @@ class LiveFeed(Middleware):
     :param hub: where messages go.
     :param flush_seconds: how often gathered stream text is sent.
     :param on_close: called when the gateway stops (the view stops with it).
+    :param on_finished: told of every call's end, followed or not (the index).
+    :param with_text: send stream text (off when the trace keeps no bodies:
+        the view shows no more than the trace holds).
+    :param scrub: hides secrets in stream text, as the trace does.
     :ivar live: calls in flight while followed: id to ``{"call", "text"}``.
     """
 
@@ -129,9 +133,15 @@ class LiveFeed(Middleware):
         hub: Hub,
         flush_seconds: float = 0.1,
         on_close: Callable[[], None] | None = None,
+        on_finished: Callable[[Exchange], None] | None = None,
+        with_text: bool = True,
+        scrub: Callable[[str], str] = str,
     ) -> None:
         self.reactor = reactor
         self.on_close = on_close
+        self.on_finished = on_finished
+        self.with_text = with_text
+        self.scrub = scrub
         self.hub = hub
         self.flush_seconds = flush_seconds
         self.live: dict[str, dict[str, Any]] = {}
@@ -148,11 +158,12 @@ class LiveFeed(Middleware):
 
     def event_received(self, exchange: Exchange, event: ServerSentEvent) -> None:
         entry = self.live.get(exchange.id)
-        if entry is None:
+        if entry is None or not self.with_text:
             return
         text = delta_text(event)
         if not text:
             return
+        text = self.scrub(text)
         if len(entry["text"]) < MAX_LIVE_TEXT:
             entry["text"] += text
         self._pending.setdefault(exchange.id, []).append(text)
@@ -160,6 +171,8 @@ class LiveFeed(Middleware):
             self._timer = self.reactor.callLater(self.flush_seconds, self._flush)
 
     def exchange_finished(self, exchange: Exchange) -> None:
+        if self.on_finished is not None:
+            self.on_finished(exchange)
         entry = self.live.pop(exchange.id, None)
         if entry is None:
             return

@@ -11,13 +11,13 @@ file, whoever wrote it.
 from __future__ import annotations
 
 import bisect
-import heapq
-import json
+import itertools
+from llmgate import fastjson
 import os
 from typing import Any, Callable, Iterable
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from llmgate.middleware.live import Hub
@@ -67,6 +67,13 @@ def trace_name(name: str) -> bool:
     return name.endswith(SUFFIX) and not name.startswith(".")
 
 
+def call_id_of(name: str) -> str:
+    """
+    The exchange id in a trace file's name (``<time>Z-<id>.json``).
+    """
+    return name[name.find("Z-") + 2 : -len(SUFFIX)]
+
+
 def read_summaries(directory: str, names: Iterable[str]) -> list[CallSummary]:
     """
     Parse trace files (in a thread); unreadable ones are skipped.
@@ -75,7 +82,7 @@ def read_summaries(directory: str, names: Iterable[str]) -> list[CallSummary]:
     for name in names:
         try:
             with open(os.path.join(directory, name), "rb") as handle:
-                document = json.loads(handle.read())
+                document = fastjson.loads(handle.read())
         except (OSError, ValueError, RecursionError):
             continue
         summary = summarize(document, name)
@@ -116,8 +123,6 @@ class TraceIndex:
         #: Files read that held no trace (or were evicted): not read again.
         self.skipped: set[str] = set()
         self.ready = False
-        self._call_heap: list[tuple[float, str]] = []
-        self._session_heap: list[tuple[float, str]] = []
         self._incoming: set[str] = set()
         self._reading = False
 
@@ -153,11 +158,26 @@ class TraceIndex:
 
     # -- keeping current ------------------------------------------------------
 
+    def add_own(self, call: CallSummary) -> None:
+        """
+        A call this process relayed has ended: indexed now, from the
+        exchange; its file, when it lands, need not be read.
+        """
+        self.add((call,), publish=False)
+
     def file_added(self, name: str) -> None:
         """
-        A file landed (inotify or a poll): read it soon, with others.
+        A file landed (inotify or a poll): read it soon, with others; a file
+        of a call indexed already (this process's) is only noted.
         """
         if not trace_name(name) or name in self.by_file or name in self.skipped:
+            return
+        call = self.calls.get(call_id_of(name))
+        if call is not None and call.file is None:
+            call.file = name
+            self.by_file[name] = call.id
+            if self.hub.active:
+                self.hub.publish("call_indexed", call.as_json())
             return
         self._incoming.add(name)
         if self.ready and not self._reading:
@@ -203,51 +223,65 @@ class TraceIndex:
     # -- the index ------------------------------------------------------------
 
     def add(self, found: Iterable[CallSummary], publish: bool = True) -> None:
+        calls = self.calls
+        add_stats = self.stats.add
         added = []
         for call in found:
-            if call.id in self.calls:
+            known = calls.get(call.id)
+            if known is not None:
+                if known.file is None and call.file is not None:
+                    known.file = call.file  # this process's call, read at start
+                    self.by_file[call.file] = call.id
                 continue
-            self.calls[call.id] = call
-            self.by_file[call.file] = call.id
-            heapq.heappush(self._call_heap, (call.time, call.id))
+            calls[call.id] = call
+            if call.file is not None:
+                self.by_file[call.file] = call.id
             self._into_session(call)
-            self.stats.add(call)
+            add_stats(call)
             added.append(call)
-        self._bound()
+        if len(calls) > self.max_calls or len(self.sessions) > self.max_sessions:
+            self._bound()
         if publish and self.hub.active:
             for call in added:
-                if call.id in self.calls:
+                if call.id in calls:
                     self.hub.publish("call_indexed", call.as_json())
 
     def _into_session(self, call: CallSummary) -> None:
         key = call.session_id or "call-" + call.id
-        session = self.sessions.get(key)
+        sessions = self.sessions
+        # The dict is kept in order of activity: a session with a new call
+        # moves to its end, so the least recently active is the first.
+        session = sessions.pop(key, None)
+        when = call.time
         if session is None:
-            session = self.sessions[key] = SessionSummary(
-                id=key, first=call.time, last=call.time, sessionless=call.session_id is None
+            session = SessionSummary(
+                id=key, first=when, last=when, sessionless=call.session_id is None
             )
+        sessions[key] = session
         calls = session.calls
-        if not calls or self.calls[calls[-1]].time <= call.time:
+        if not calls or when >= session.last:
             calls.append(call.id)
-        else:
+        else:  # a file that landed late (another worker's, a slow disk)
             times = [self.calls[c].time for c in calls]
-            calls.insert(bisect.bisect_right(times, call.time), call.id)
+            calls.insert(bisect.bisect_right(times, when), call.id)
         session.tokens_in += call.tokens_in
         session.tokens_out += call.tokens_out
-        session.errors += call.failed
-        session.first = min(session.first, call.time)
-        if call.time >= session.last or len(calls) == 1:
-            session.last = call.time
+        if call.error is not None or (call.status or 0) >= 400:
+            session.errors += 1
+        if when < session.first:
+            session.first = when
+        if when >= session.last:
+            session.last = when
             session.provider = call.provider or session.provider
             session.model = call.model or session.model
             session.preview = call.preview or session.preview
-        heapq.heappush(self._session_heap, (session.last, key))
 
     def _remove_call(self, call_id: str) -> None:
         call = self.calls.pop(call_id, None)
         if call is None:
             return
-        self.by_file.pop(call.file, None)
+        if call.file is not None:
+            self.by_file.pop(call.file, None)
         key = call.session_id or "call-" + call.id
         session = self.sessions.get(key)
         if session is None:
@@ -262,34 +296,26 @@ class TraceIndex:
         session.first = self.calls[session.calls[0]].time
         session.last = self.calls[session.calls[-1]].time
 
+    def _forget(self, call_id: str) -> None:
+        file = self.calls[call_id].file
+        if file is not None:
+            self.skipped.add(file)  # not read again by a poll
+        self._remove_call(call_id)
+
     def _bound(self) -> None:
         """
-        Drop the oldest calls beyond ``max_calls`` and the least recent
-        sessions beyond ``max_sessions`` (with their calls).
+        Drop the calls indexed first beyond ``max_calls`` (files land in
+        about the order of their time, so these are the oldest), and the
+        least recently active sessions beyond ``max_sessions``, with their
+        calls.
         """
-        heap = self._call_heap
-        while len(self.calls) > self.max_calls and heap:
-            when, call_id = heapq.heappop(heap)
-            call = self.calls.get(call_id)
-            if call is not None and call.time == when:
-                self.skipped.add(call.file)
-                self._remove_call(call_id)
-        heap = self._session_heap
-        while len(self.sessions) > self.max_sessions and heap:
-            when, key = heapq.heappop(heap)
-            session = self.sessions.get(key)
-            if session is not None and session.last == when:
-                for call_id in list(session.calls):
-                    self.skipped.add(self.calls[call_id].file)
-                    self._remove_call(call_id)
-        # Stale heap entries (calls already gone) are dropped when they
-        # surface; rebuild when they outnumber the live ones.
-        if len(self._call_heap) > 2 * len(self.calls) + 1000:
-            self._call_heap = [(c.time, c.id) for c in self.calls.values()]
-            heapq.heapify(self._call_heap)
-        if len(self._session_heap) > 2 * len(self.sessions) + 1000:
-            self._session_heap = [(s.last, s.id) for s in self.sessions.values()]
-            heapq.heapify(self._session_heap)
+        calls = self.calls
+        while len(calls) > self.max_calls:
+            self._forget(next(iter(calls)))
+        sessions = self.sessions
+        while len(sessions) > self.max_sessions:
+            for call_id in list(next(iter(sessions.values())).calls):
+                self._forget(call_id)
 
     # -- questions ------------------------------------------------------------
 
@@ -297,12 +323,16 @@ class TraceIndex:
         self, text: str = "", model: str = "", offset: int = 0, limit: int = 50
     ) -> tuple[int, list[SessionSummary]]:
         """
-        Sessions most recent first, filtered: ``text`` is looked for in the
+        Sessions, the most recently active first (the order their latest
+        calls were indexed in), filtered: ``text`` is looked for in the
         session id, provider, model and last user text; ``model`` must match.
         """
         needle = text.lower()
+        sessions = reversed(self.sessions.values())  # most recently active first
+        if not needle and not model:
+            return len(self.sessions), list(itertools.islice(sessions, offset, offset + limit))
         chosen = []
-        for session in self.sessions.values():
+        for session in sessions:
             if model and session.model != model:
                 continue
             if needle and not (
@@ -313,7 +343,6 @@ class TraceIndex:
             ):
                 continue
             chosen.append(session)
-        chosen.sort(key=lambda s: s.last, reverse=True)
         return len(chosen), chosen[offset : offset + limit]
 
     def session_calls(
@@ -336,6 +365,8 @@ class TraceIndex:
         call = self.calls.get(call_id)
         if call is None:
             return None
+        if call.file is None:  # its trace has not landed (or was dropped)
+            return succeed(None)
         return self.run_in_thread(_read_document, os.path.join(self.directory, call.file))
 
     def state(self) -> dict[str, Any]:
@@ -350,7 +381,7 @@ class TraceIndex:
 def _read_document(path: str) -> Any:
     try:
         with open(path, "rb") as handle:
-            return json.loads(handle.read())
+            return fastjson.loads(handle.read())
     except (OSError, ValueError, RecursionError):
         return None
 
@@ -359,7 +390,9 @@ def _with_messages(directory: str, calls: list[CallSummary]) -> list[dict[str, A
     result = []
     for call in calls:
         entry = call.as_json()
-        document = _read_document(os.path.join(directory, call.file))
+        document = None
+        if call.file is not None:
+            document = _read_document(os.path.join(directory, call.file))
         entry["messages"] = added_messages(document)
         entry["missing"] = document is None
         result.append(entry)

@@ -51,11 +51,11 @@ class ViewParts:
             self.view = DisabledView(NEEDS_TRACE)
             return
         from llmgate.ui.index import TraceIndex
+        from llmgate.ui.summary import summary_of_exchange
         from llmgate.ui.view import LiveView
 
         self.pool = ThreadPool(minthreads=0, maxthreads=1, name="llmgate-ui")
         self.hub = Hub()
-        self.live = LiveFeed(reactor, self.hub, on_close=self.stop)
         self.index = TraceIndex(
             reactor,
             trace.directory,
@@ -63,6 +63,16 @@ class ViewParts:
             max_sessions=config.ui.max_sessions,
             max_calls=config.ui.max_calls,
             hub=self.hub,
+        )
+        with_text = bool(getattr(trace, "include_body", True))
+        scrub = getattr(trace, "scrub", str)
+
+        def finished(exchange: Any) -> None:
+            self.index.add_own(summary_of_exchange(exchange, reactor.seconds(), with_text, scrub))
+
+        self.live = LiveFeed(
+            reactor, self.hub, on_close=self.stop, on_finished=finished,
+            with_text=with_text, scrub=scrub,
         )
         self.view = LiveView(self.index, self.live, self.hub, reactor)
         self.stages = [self.live]

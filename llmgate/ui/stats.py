@@ -38,7 +38,7 @@ class MinuteStats:
     def __init__(self, rng: random.Random | None = None) -> None:
         self.minutes: dict[int, _Minute] = {}
         self.newest = 0
-        self._rng = rng or random.Random(0)
+        self._random = (rng or random.Random(0)).random
 
     def add(self, call: CallSummary) -> None:
         minute = int(call.time // 60)
@@ -54,15 +54,17 @@ class MinuteStats:
         bucket.calls += 1
         bucket.tokens_in += call.tokens_in
         bucket.tokens_out += call.tokens_out
-        bucket.errors += call.failed
-        if call.duration_ms is not None:
+        if call.error is not None or (call.status or 0) >= 400:
+            bucket.errors += 1
+        latency = call.duration_ms
+        if latency is not None:
             bucket.seen += 1
             if len(bucket.latencies) < SAMPLE:
-                bucket.latencies.append(call.duration_ms)
-            else:
-                slot = self._rng.randrange(bucket.seen)
+                bucket.latencies.append(latency)
+            else:  # a uniform sample (reservoir)
+                slot = int(self._random() * bucket.seen)
                 if slot < SAMPLE:
-                    bucket.latencies[slot] = call.duration_ms
+                    bucket.latencies[slot] = latency
 
     def last_hour(self, now: float) -> dict[str, Any]:
         """
