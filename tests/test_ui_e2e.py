@@ -138,6 +138,8 @@ def test_the_feed_tells_of_a_stream_as_it_grows(make_gateway, upstream, tmp_path
     deltas = [data["text"] for kind, data in heard if kind == "delta"]
     assert len(deltas) >= 3, deltas  # sent as it grew, not once at the end
     assert "".join(deltas) == "one two three four five six seven eight"
+    offsets = [data["offset"] for kind, data in heard if kind == "delta"]
+    assert offsets == [sum(map(len, deltas[:n])) for n in range(len(deltas))]
     yield gateway.parts.pipeline.close()  # the gateway stops: the feed ends
     yield reading
 

@@ -107,14 +107,16 @@ class LiveFeedTests(SynchronousTestCase):
             self.feed.event_received(call, chunk(word))
         self.assertEqual(len(self.heard), 1)
         self.clock.advance(0.1)
-        self.assertEqual(self.heard[1], ("delta", {"id": "e1", "session_id": "s1", "text": "Hello there"}))
+        self.assertEqual(
+            self.heard[1], ("delta", {"id": "e1", "session_id": "s1", "offset": 0, "text": "Hello there"})
+        )
         self.assertEqual(self.feed.live["e1"]["text"], "Hello there")
         self.feed.event_received(call, chunk("!"))
         call.response = ResponseRecord(status=200, headers=[], streaming=True)
         call.ended_at = 1.5
         call.usage = {"input_tokens": 4, "output_tokens": 2}
         self.feed.exchange_finished(call)
-        self.assertEqual(self.heard[2], ("delta", {"id": "e1", "session_id": "s1", "text": "!"}))
+        self.assertEqual(self.heard[2], ("delta", {"id": "e1", "session_id": "s1", "offset": 11, "text": "!"}))
         ended = self.heard[3][1]
         self.assertEqual((self.heard[3][0], ended["status"], ended["duration_ms"], ended["tokens_out"]),
                          ("call_ended", 200, 500.0, 2))

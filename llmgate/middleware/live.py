@@ -152,7 +152,7 @@ class LiveFeed(Middleware):
         if not self.hub.active:
             return None
         call = started(exchange, self._wall())
-        self.live[exchange.id] = {"call": call, "text": ""}
+        self.live[exchange.id] = {"call": call, "text": "", "sent": 0}
         self.hub.publish("call_started", call)
         return None
 
@@ -176,7 +176,7 @@ class LiveFeed(Middleware):
         entry = self.live.pop(exchange.id, None)
         if entry is None:
             return
-        self._send(exchange.id, entry["call"]["session_id"])
+        self._send(exchange.id, entry)
         usage = exchange.usage or {}
         self.hub.publish(
             "call_ended",
@@ -207,13 +207,26 @@ class LiveFeed(Middleware):
         self._timer = None
         for exchange_id in list(self._pending):
             entry = self.live.get(exchange_id)
-            self._send(exchange_id, entry["call"]["session_id"] if entry else None)
+            if entry is None:
+                self._pending.pop(exchange_id)
+            else:
+                self._send(exchange_id, entry)
 
-    def _send(self, exchange_id: str, session_id: str | None) -> None:
+    def _send(self, exchange_id: str, entry: dict[str, Any]) -> None:
+        """
+        Send what the stream added since the last time, with its offset in
+        the call's text: a page that fetched the text meanwhile (from
+        ``/api/calls`` or ``/api/sessions/<id>``) skips what it has.
+        """
         pieces = self._pending.pop(exchange_id, None)
         if pieces:
+            text = "".join(pieces)
+            offset = entry["sent"]
+            entry["sent"] = offset + len(text)
             self.hub.publish(
-                "delta", {"id": exchange_id, "session_id": session_id, "text": "".join(pieces)}
+                "delta",
+                {"id": exchange_id, "session_id": entry["call"]["session_id"],
+                 "offset": offset, "text": text},
             )
 
     def _wall(self) -> float:

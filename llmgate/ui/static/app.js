@@ -133,6 +133,11 @@ function debounce(fn, ms) {
 
 const number = new Intl.NumberFormat();
 function fmtNumber(n) { return n === null || n === undefined ? "–" : number.format(n); }
+function fmtCompact(n) {
+  if (n >= 1e6) return +(n / 1e6).toPrecision(3) + "M";
+  if (n >= 1e4) return +(n / 1e3).toPrecision(3) + "k";
+  return fmtNumber(+n.toPrecision(3));
+}
 function fmtMs(ms) {
   if (ms === null || ms === undefined) return "–";
   return ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : Math.round(ms) + " ms";
@@ -184,7 +189,7 @@ function drawChart(figure, minutes, series, kind) {
     const yy = y(top * frac);
     chart.append(svg("line", { x1: L, x2: W - R, y1: yy, y2: yy, class: "grid" }));
     const label = svg("text", { x: L - 5, y: yy + 3, class: "axis", "text-anchor": "end" });
-    label.textContent = frac === 0 ? "0" : fmtNumber(+(top * frac).toPrecision(3));
+    label.textContent = frac === 0 ? "0" : fmtCompact(top * frac);
     chart.append(label);
   }
   for (const at of [0, 30, 59]) {
@@ -406,8 +411,14 @@ function sessionPage() {
         $("empty").hidden = true;
         made.node.scrollIntoView({ block: "nearest" });
       } else if (kind === "delta") {
+        // offset: where this text starts in the call's; what the page got
+        // already (from a fetch made meanwhile) is skipped.
         const made = cards.get(data.id);
-        if (made && made.stream) made.stream.textContent += data.text;
+        if (made && made.stream) {
+          const have = made.stream.textContent.length;
+          const end = data.offset + data.text.length;
+          if (end > have) made.stream.textContent += data.text.slice(Math.max(0, have - data.offset));
+        }
       } else if (kind === "call_ended") {
         const made = cards.get(data.id);
         if (made) {
