@@ -11,6 +11,7 @@ file, whoever wrote it.
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 import itertools
 from llmgate import fastjson
 import os
@@ -115,8 +116,11 @@ class TraceIndex:
         self.max_sessions = max_sessions
         self.max_calls = max_calls
         self.hub = hub or Hub()
-        self.calls: dict[str, CallSummary] = {}
-        self.sessions: dict[str, SessionSummary] = {}
+        # Ordered dicts, not dicts: the oldest entry is taken from the front
+        # over and over, which in a dict scans the holes left by the ones
+        # taken before it.
+        self.calls: OrderedDict[str, CallSummary] = OrderedDict()
+        self.sessions: OrderedDict[str, SessionSummary] = OrderedDict()
         self.stats = MinuteStats()
         #: File name to call id, for files that go.
         self.by_file: dict[str, str] = {}
@@ -251,13 +255,14 @@ class TraceIndex:
         sessions = self.sessions
         # The dict is kept in order of activity: a session with a new call
         # moves to its end, so the least recently active is the first.
-        session = sessions.pop(key, None)
+        session = sessions.get(key)
         when = call.time
         if session is None:
-            session = SessionSummary(
+            session = sessions[key] = SessionSummary(
                 id=key, first=when, last=when, sessionless=call.session_id is None
             )
-        sessions[key] = session
+        else:
+            sessions.move_to_end(key)
         calls = session.calls
         if not calls or when >= session.last:
             calls.append(call.id)
