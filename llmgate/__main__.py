@@ -8,6 +8,9 @@ import sys
 def main() -> None:
     from twisted.scripts.twistd import run
 
+    from llmgate import tap
+
+    tap.HELP_COMMAND = "python -m llmgate --help"
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "llmgate", *sys.argv[1:]]
     run()
 

@@ -5,6 +5,7 @@ and a catch-all route that hands every other call to the forwarder.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -20,10 +21,11 @@ from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 
 from llmgate import __version__
-from llmgate.auth import presented_token, token_allowed
+from llmgate.auth import AdminGuard
 from llmgate.forward import Forwarder
 from llmgate.metrics import Metrics, wants_prometheus
 from llmgate.http.server import GatewayRequest
+from llmgate.limits import RefusalReport
 
 #: The gateway's own endpoints; every other path is relayed upstream.
 OWN_PATHS = frozenset({b"/health", b"/config", b"/metrics"})
@@ -56,6 +58,24 @@ def _json(request: Request, document: Any, status: int = 200) -> bytes:
     return json.dumps(document).encode("utf-8")
 
 
+def admin_only(route: Callable[..., Any]) -> Callable[..., Any]:
+    """
+    Guard a :class:`Gateway` route as part of the admin surface: the
+    request passes :class:`~llmgate.auth.AdminGuard`'s check or gets its
+    refusal.  Every admin view (``/config``, ``/metrics``, a UI, an API)
+    takes this one check; put it under ``@app.route``.
+    """
+
+    @functools.wraps(route)
+    def guarded(self: Gateway, request: Request, *args: Any, **kwargs: Any) -> Any:
+        refused = self._admin_refusal(request)
+        if refused is not None:
+            return refused
+        return route(self, request, *args, **kwargs)
+
+    return guarded
+
+
 class Gateway:
     """
     The gateway's resource tree.
@@ -82,7 +102,10 @@ class Gateway:
         config = forwarder.config
         self.allowed_paths = tuple(p.encode("utf-8") for p in config.llm.allowed_paths or ())
         self.max_concurrent = config.server.max_concurrent
-        self.admin_tokens = config.auth.admin_token_hashes
+        self.admin = AdminGuard.from_config(config.auth)
+        if self.admin.describe():
+            self.log.info("{admin}", admin=self.admin.describe())
+        self.overload = RefusalReport(forwarder.clock, self.max_concurrent)
         #: Calls refused here, by reason, for /metrics.
         self.refused: Counter[str] = Counter()
         self.provider = forwarder.provider
@@ -101,17 +124,13 @@ class Gateway:
         )
 
     @app.route("/config", methods=["GET", "HEAD"])
+    @admin_only
     def config(self, request: Request) -> bytes:
-        refused = self._admin_refusal(request)
-        if refused is not None:
-            return refused
         return _json(request, self._config_view())
 
     @app.route("/metrics", methods=["GET", "HEAD"])
+    @admin_only
     def metrics(self, request: Request) -> bytes:
-        refused = self._admin_refusal(request)
-        if refused is not None:
-            return refused
         metrics = self.metrics
         if metrics is None:
             return self._error(request, 404, "metrics are disabled", "metrics_disabled")
@@ -153,21 +172,25 @@ class Gateway:
             return self._error(request, 403, "path not allowed by this gateway", "forbidden_path")
         if self.max_concurrent and len(self.forwarder.open_calls) >= self.max_concurrent:
             self.refused["overloaded"] += 1
+            self.overload.refused()
             request.setHeader(b"retry-after", b"1")
             return self._error(request, 503, "gateway at its concurrency limit", "overloaded")
         return self.forwarder.forward(request)
 
     def _admin_refusal(self, request: Request) -> bytes | None:
         """
-        With ``auth.admin_tokens`` set, /config and /metrics need one of them.
+        The answer refusing an admin view to this request, or None when it
+        may see it (see :class:`~llmgate.auth.AdminGuard`).
         """
-        if not self.admin_tokens:
+        refusal = self.admin.refusal(request.requestHeaders, request.getClientAddress())
+        if refusal is None:
             return None
-        if token_allowed(presented_token(request.requestHeaders), self.admin_tokens):
-            return None
-        self.refused["unauthorized_admin"] += 1
-        request.setHeader(b"www-authenticate", b"Bearer")
-        return self._error(request, 401, "admin token required", "unauthorized")
+        if refusal.status == 401:
+            self.refused["unauthorized_admin"] += 1
+            request.setHeader(b"www-authenticate", b"Bearer")
+        else:
+            self.refused["forbidden_admin"] += 1
+        return self._error(request, refusal.status, refusal.message, refusal.kind)
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: Request, failure: Failure) -> bytes:

@@ -11,11 +11,14 @@ forwarded (the forwarder strips every credential header when auth is on).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from typing import Any, Iterable, Mapping
 
+import attrs
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.http_headers import Headers
 
-from llmgate.config import token_hash
+from llmgate.config import AuthConfig, token_hash
 from llmgate.exchange import Exchange, LocalAnswer
 from llmgate.middleware import Middleware
 from llmgate.providers import Provider
@@ -78,3 +81,81 @@ class AuthStage(Middleware):
 
     def state(self) -> Mapping[str, Any]:
         return {"client_tokens": len(self.digests), "refused": self.refused}
+
+
+def is_local_client(address: object) -> bool:
+    """
+    Whether a connection comes from this machine: a loopback address
+    (IPv4-mapped IPv6 included) or a UNIX socket.  A reverse proxy on the
+    same machine counts as local: put admin tokens in front of one.
+    """
+    if isinstance(address, UNIXAddress):
+        return True
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        return False
+    try:
+        ip = ipaddress.ip_address(address.host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+@attrs.frozen
+class AdminRefusal:
+    status: int
+    message: str
+    kind: str
+
+
+@attrs.frozen
+class AdminGuard:
+    """
+    Who may use the admin surface (``/config``, ``/metrics``, and any
+    admin view added later): one check every admin route makes.
+
+    With ``auth.admin_tokens`` set, a request needs one of them.  With
+    client auth on and no admin tokens, only local clients are answered, so
+    turning auth on never leaves the admin surface open to the clients it
+    was meant to keep out.  With no auth at all, anyone who can reach the
+    gateway may look, as before.
+    """
+
+    admin_tokens: frozenset[bytes] = attrs.field(repr=False)
+    local_only: bool
+
+    @classmethod
+    def from_config(cls, auth: AuthConfig) -> AdminGuard:
+        return cls(
+            admin_tokens=auth.admin_token_hashes,
+            local_only=auth.enabled and not auth.admin_token_hashes,
+        )
+
+    def refusal(self, headers: Headers, client: object) -> AdminRefusal | None:
+        """
+        Why a request from ``client`` with ``headers`` may not see an admin
+        view, or None when it may.
+        """
+        if self.admin_tokens:
+            if token_allowed(presented_token(headers), self.admin_tokens):
+                return None
+            return AdminRefusal(401, "admin token required", "unauthorized")
+        if self.local_only and not is_local_client(client):
+            return AdminRefusal(
+                403,
+                "admin endpoints answer local clients only (set auth.admin_tokens)",
+                "forbidden_admin",
+            )
+        return None
+
+    def describe(self) -> str | None:
+        """
+        What an operator should read at start about the admin surface.
+        """
+        if self.local_only:
+            return (
+                "client auth is on and auth.admin_tokens is empty: /config, /metrics "
+                "and the other admin views answer local clients only"
+            )
+        return None

@@ -136,6 +136,16 @@ class SessionConfig:
         "forget everything",
         "reset the conversation",
     )
+    #: Request headers whose value is the client's own session id, tried in
+    #: order (see docs/sessions.md and docs/clients.md).
+    client_headers: tuple[str, ...] = (
+        "x-llmgate-session-id",
+        "x-claude-code-session-id",
+        "session-id",
+        "thread-id",
+        "x-session-affinity",
+        "x-opencode-session",
+    )
     store: SessionStoreConfig = SessionStoreConfig()
 
 
@@ -200,6 +210,19 @@ class UIConfig:
 
 
 @attrs.frozen
+class PoolConfig:
+    """
+    How long a kept upstream connection lives: it is closed after
+    ``max_requests`` answers, or once idle ``max_idle`` seconds (below the
+    4-5 s keep-alive of uvicorn, Node and gunicorn servers, so a call never
+    meets a connection the upstream is closing).
+    """
+
+    max_requests: int = 1000
+    max_idle: float = 4.0
+
+
+@attrs.frozen
 class GatewayConfig:
     server: ServerConfig = ServerConfig()
     llm: LLMConfig = LLMConfig()
@@ -211,6 +234,7 @@ class GatewayConfig:
     manhole: ManholeConfig = ManholeConfig()
     auth: AuthConfig = AuthConfig()
     ui: UIConfig = UIConfig()
+    pool: PoolConfig = PoolConfig()
     #: Where the file part came from, for messages; None when there was none.
     source: str | None = None
 
@@ -235,6 +259,7 @@ _DEFAULTS_ServerConfig = ServerConfig()
 _DEFAULTS_LLMConfig = LLMConfig()
 _DEFAULTS_SessionConfig = SessionConfig()
 _DEFAULTS_LoggingConfig = LoggingConfig()
+_DEFAULTS_PoolConfig = PoolConfig()
 
 
 # -- loading -----------------------------------------------------------------
@@ -327,7 +352,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
     top.allow(
         {
             "server", "llm", "middlewares", "session", "logging", "metrics", "usage",
-            "manhole", "auth", "ui",
+            "manhole", "auth", "ui", "pool",
         }
     )
     config = GatewayConfig(
@@ -341,6 +366,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
         manhole=_manhole(top.section("manhole")),
         auth=_auth(top.section("auth")),
         ui=_ui(top.section("ui")),
+        pool=_pool(top.section("pool")),
         source=source,
     )
     _refuse_open_relay(config)
@@ -584,6 +610,10 @@ def _middlewares(value: Any) -> tuple[MiddlewareConfig, ...]:
     return tuple(result)
 
 
+#: An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
+
 def _session(section: _Section) -> SessionConfig:
     section.allow(set(attrs.fields_dict(SessionConfig)))
     phrases = section.get("reset_phrases", None)
@@ -593,6 +623,13 @@ def _session(section: _Section) -> SessionConfig:
         reset_phrases = tuple(p.lower() for p in phrases)
     else:
         section.fail("reset_phrases", phrases, "must be a list of strings")
+    headers = section.get("client_headers", None)
+    if headers is None:
+        client_headers = _DEFAULTS_SessionConfig.client_headers
+    elif isinstance(headers, list) and all(isinstance(h, str) and _HEADER_NAME.fullmatch(h) for h in headers):
+        client_headers = tuple(dict.fromkeys(h.lower() for h in headers))
+    else:
+        section.fail("client_headers", headers, "must be a list of HTTP header names")
     return SessionConfig(
         enabled=section.boolean("enabled", _DEFAULTS_SessionConfig.enabled),
         max_sessions=section.integer(
@@ -603,6 +640,7 @@ def _session(section: _Section) -> SessionConfig:
         ),
         fuzzy_matching=section.boolean("fuzzy_matching", _DEFAULTS_SessionConfig.fuzzy_matching),
         reset_phrases=reset_phrases,
+        client_headers=client_headers,
         store=_store(section.section("store")),
     )
 
@@ -654,6 +692,14 @@ def _ui(section: _Section) -> UIConfig:
         max_calls=section.integer("max_calls", defaults.max_calls, 1, 10**7),
         watch=section.choice("watch", defaults.watch, ("auto", "inotify", "poll")),
         poll_seconds=section.number("poll_seconds", defaults.poll_seconds, 0.1, 3600),
+    )
+
+
+def _pool(section: _Section) -> PoolConfig:
+    section.allow({"max_requests", "max_idle"})
+    return PoolConfig(
+        max_requests=section.integer("max_requests", _DEFAULTS_PoolConfig.max_requests, 1, 10_000_000),
+        max_idle=section.number("max_idle", _DEFAULTS_PoolConfig.max_idle, 0.001, 86400),
     )
 
 

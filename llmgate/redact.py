@@ -67,6 +67,34 @@ class Scrubber:
     def __bool__(self) -> bool:
         return bool(self._secrets)
 
+    @property
+    def longest(self) -> int:
+        """
+        The length of the longest secret: how far past a cut a secret that
+        straddles it can reach.
+        """
+        return len(self._secrets[0]) if self._secrets else 0
+
+    def cut(self, text: str, limit: int) -> str:
+        """
+        ``text`` scrubbed, then cut to ``limit`` characters, never the other
+        way round: a secret straddling the cut would keep its prefix.  A cut
+        that leaves the start of a secret at the end (the rest was cut off
+        before the text reached here) loses that start too.
+        """
+        text = self(text)
+        if len(text) > limit:
+            text = text[:limit]
+        return self._without_partial(text)
+
+    def _without_partial(self, text: str) -> str:
+        for secret in self._secrets:
+            # Three characters ("sk-") say nothing; four or more are cut.
+            for size in range(min(len(secret) - 1, len(text)), 3, -1):
+                if text.endswith(secret[:size]):
+                    return text[:-size] + REDACTED
+        return text
+
 
 def redact_headers(
     headers: Iterable[tuple[bytes, Sequence[bytes]]], extra: frozenset[str] = frozenset()

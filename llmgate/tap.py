@@ -9,10 +9,13 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from llmgate import config as configuration
 from llmgate.example import EXAMPLE_CONFIG
+
+log = Logger()
 
 #: Flags that set a configuration field, and the field.
 FLAG_FIELDS = {
@@ -24,6 +27,10 @@ FLAG_FIELDS = {
     "listen": "server.listen",
     "log-level": "logging.level",
 }
+
+
+#: How the user asks for the options' list; ``python -m llmgate`` sets its own.
+HELP_COMMAND = "twistd llmgate --help"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -56,7 +63,11 @@ class Options(usage.Options):
     def parseOptions(self, options: Any = None) -> None:
         # Kept for worker processes, which are started with the same options.
         self.argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            # twistd would print its whole usage on stdout and exit 1.
+            fail(f"{str(error).rstrip('.')} (see {HELP_COMMAND})")
 
     def overrides(self) -> dict[str, Any]:
         return {field: self[flag] for flag, field in FLAG_FIELDS.items()}
@@ -129,10 +140,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
+    from llmgate.limits import log_open_files, raise_open_files_limit
     from llmgate.service import GatewayService, SupervisorService
     from llmgate.workers import worker_number
 
     config = options["gateway_config"]
+    log_open_files(
+        raise_open_files_limit(),
+        config.server.max_concurrent,
+        config.llm.max_idle_connections,
+        log,
+    )
     number = worker_number()
     try:
         if config.server.workers > 1 and number is None:

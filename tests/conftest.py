@@ -8,6 +8,9 @@ Unit tests do not use these: they are trial ``SynchronousTestCase``s on
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any, Callable, Iterator
 
 import attrs
@@ -17,6 +20,27 @@ import pytest_twisted
 from llmgate import config as configuration
 from llmgate.service import GatewayParts
 from tests.fakeupstream import FakeUpstream
+
+
+def pytest_configure(config: Any) -> None:
+    """
+    Run the session in a temporary directory, as trial runs in
+    ``_trial_temp``: ``mktemp()`` paths, relative trace directories and
+    hypothesis' files (which it writes from collection on) land there, not
+    in the checkout; the directory is removed at the end.
+    """
+    from hypothesis import configuration as hypothesis_configuration
+
+    directory = tempfile.mkdtemp(prefix="llmgate-tests-")
+    hypothesis_configuration.set_hypothesis_home_dir(os.path.join(directory, ".hypothesis"))
+    previous = os.getcwd()
+    os.chdir(directory)
+
+    def restore() -> None:
+        os.chdir(previous)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    config.add_cleanup(restore)
 
 
 @attrs.define

@@ -53,6 +53,11 @@ SCENARIOS = (
     "reset",
     "responses_api",
 )
+#: The habits of real agents (Claude Code, Codex), played by
+#: tests/sessionhabits.py: system prompts that change between turns, the
+#: clients' own session headers, side calls beside the conversation.
+HABIT_SCENARIOS = ("system_changes", "client_headers", "side_calls")
+SCENARIOS += HABIT_SCENARIOS
 
 #: Scenarios outside the documented guarantees, measured apart (see
 #: bench/sessions_score.py): ``opening_after_retry``, a conversation whose
@@ -426,6 +431,12 @@ class Client:
         self.after: Client | None = None
         self._retries: deque[str] = deque()
         self._counted: Call | None = None
+        #: (name, value) of a session header of the client's own, on every call
+        self.session_header: tuple[str, str] | None = None
+        #: called before each new call is built (a habit changing the system prompt)
+        self.on_prepare: Any = None
+        #: with ``after``: start once that client has had this many answers
+        self.after_calls = 1
 
     # -- what a subclass provides ------------------------------------------------------
 
@@ -481,6 +492,8 @@ class Client:
         self.prepare("first")
 
     def prepare(self, note: str) -> None:
+        if self.on_prepare is not None:
+            self.on_prepare(self)
         stream = self.rng.random() < self.stream_rate
         self.next = Call(
             conversation_id=self.conversation,
@@ -515,9 +528,10 @@ class Client:
         return body
 
     def headers(self) -> dict[str, str]:
+        own = dict([self.session_header]) if self.session_header else {}
         if self.provider == "anthropic":
-            return {"x-api-key": "sk-ant-client", "anthropic-version": "2023-06-01"}
-        return {"authorization": "Bearer sk-client"}
+            return {"x-api-key": "sk-ant-client", "anthropic-version": "2023-06-01", **own}
+        return {"authorization": "Bearer sk-client", **own}
 
     def _arm_failure(self) -> None:
         call = self.next
@@ -924,6 +938,13 @@ class Simulation:
                     number += 1
                 self.waiting.append(members)
                 continue
+            if scenario in HABIT_SCENARIOS:
+                from tests.sessionhabits import habit_clients
+
+                groups = habit_clients(self, number, scenario)
+                self.waiting.extend(groups)
+                number += sum(len(group) for group in groups)
+                continue
             if scenario != "identical_openings":
                 self.waiting.append([self._client(number, scenario, None, None)])
                 number += 1
@@ -1047,7 +1068,7 @@ class Simulation:
                 ready = [
                     group
                     for group in self.waiting
-                    if all(c.after is None or c.after.done >= 1 or c.after.next is None for c in group)
+                    if all(c.after is None or c.after.done >= c.after_calls or c.after.next is None for c in group)
                 ]
                 if not ready:
                     break

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
@@ -243,8 +243,7 @@ def test_detector_begin_and_complete_take_any_request(
     provider: str, path: bytes, body: Any, answer: Any, response_id: Any, session: Any, fuzzy: bool
 ) -> None:
     history = history_of(provider, path, body)
-    if history is None:
-        return
+    assume(history is not None)
     sessions = detector(fuzzy_matching=fuzzy)
     pending, decision = sessions.begin(history, session or None)
     assert decision.session_id
@@ -264,11 +263,9 @@ def test_an_identical_retry_finds_its_session(body: Any) -> None:
     lands in the same session (whatever the shape of its messages).
     """
     history = history_of("openai", b"/v1/chat/completions", body)
-    if history is None or history.previous_response_id:
-        return
+    assume(history is not None and not history.previous_response_id)
     sessions = detector()
-    if sessions._is_reset(history):
-        return
+    assume(not sessions._is_reset(history))
     pending, first = sessions.begin(history, None)
     sessions.complete(pending, None)
     _, second = sessions.begin(history, None)

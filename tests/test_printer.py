@@ -12,7 +12,7 @@ from typing import Any
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from llmgate.middleware.printer import PrinterMiddleware
+from llmgate.middleware.printer import PrinterMiddleware, _preview
 from llmgate.redact import Scrubber
 from tests.fakeupstream import openai_completion
 from tests.test_trace import CANARY_KEY, exchange
@@ -42,14 +42,28 @@ class PrinterTests(SynchronousTestCase):
         self.assertNotIn("body", fields[0])
 
     def test_bodies_only_with_log_body_cut_and_scrubbed(self) -> None:
+        # The canary sits well inside the preview: it must be scrubbed, not
+        # merely cut off.
         printer = PrinterMiddleware(
-            log_body=True, max_body_chars=20, scrubber=Scrubber([CANARY_KEY])
+            log_body=True, max_body_chars=200, scrubber=Scrubber([CANARY_KEY])
         )
         request, response = self.lines(printer)
         self.assertIn(" body=", request)
-        self.assertIn("bytes]", request)
+        self.assertIn("[redacted]", request)
         self.assertNotIn(CANARY_KEY, request + response)
         self.assertIn(" body=", response)
+
+    def test_a_key_across_the_cut_leaves_none_of_itself(self) -> None:
+        # Scrubbing after the cut would leave the key's first characters.
+        limit = 40
+        scrub = Scrubber([CANARY_KEY])
+        for start in range(limit - len(CANARY_KEY), limit + 1):
+            body = (b"a" * start + CANARY_KEY.encode() + b"b" * 100)
+            with self.subTest(start=start):
+                shown = _preview(body, limit, scrub)
+                self.assertTrue(shown.endswith(f"... [{len(body)} bytes]"), shown)
+                kept = shown.rsplit("... [", 1)[0]
+                self.assertNotIn(CANARY_KEY[:4], kept)
 
     def test_each_direction_can_be_switched_off(self) -> None:
         self.assertEqual(self.lines(PrinterMiddleware(log_requests=False, log_responses=False)), [])

@@ -216,6 +216,24 @@ REQUESTS = {
     "pipelined": b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
     "body longer than declared": b"POST /x HTTP/1.1\r\nContent-Length: 1\r\n\r\nhi",
     "empty line first": b"\r\nGET /x HTTP/1.1\r\n\r\n",
+    "two Host headers": b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "a length of 5000 digits": b"POST /x HTTP/1.1\r\nContent-Length: " + b"9" * 5000
+    + b"\r\n\r\nhi",
+    "a small length in 5000 digits": b"POST /x HTTP/1.1\r\nContent-Length: " + b"0" * 4999
+    + b"2\r\n\r\nhi",
+    "a chunk size of 5000 digits": b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"f" * 5000 + b"\r\nhi\r\n0\r\n\r\n",
+}
+
+#: What some of those must be answered, whichever parser takes them.
+STATUS = {
+    "two Host headers": b"400",
+    "a length of 5000 digits": b"413",
+    "a small length in 5000 digits": b"400",
+    "a chunk size of 5000 digits": b"400",
+    "body over the limit": b"413",
+    "NUL in a value": b"400",
+    "CR in a value": b"400",
 }
 
 #: Of those, the ones taken whole, without twisted.web's line parser.
@@ -278,6 +296,8 @@ class WholeRequestTests(SynchronousTestCase):
                 by_byte, _ = self.exchange(data, whole=False)
                 self.assertTrue(whole.startswith(b"HTTP/1."), whole)
                 self.assertEqual(whole, by_byte)
+                if name in STATUS:
+                    self.assertEqual(whole.split(b" ", 2)[1], STATUS[name], whole)
 
     def test_head_and_body_in_two_writes_match_twisted_webs_parser(self) -> None:
         for name, data in REQUESTS.items():

@@ -69,7 +69,7 @@ def test_simulated_traffic_is_labelled_by_conversation(
     session id exactly when they share a conversation: pairwise precision
     and recall of at least 0.99, overall and for each scenario.
     """
-    sim = Simulation(seed=seed, conversations=48)
+    sim = Simulation(seed=seed, conversations=56)
     upstream.resource.reply = sim.model
     urls = {name: running.url for name, running in gateways.items()}
     outcomes = yield replay(sim, urls, pool).addTimeout(WAIT, reactor)
@@ -81,9 +81,10 @@ def test_simulated_traffic_is_labelled_by_conversation(
         assert s.precision >= 0.99 and s.recall >= 0.99, f"{name}\n{report}"
     # The run went through every rule, not just the easy one.
     counts = decisions(gateways)
-    for how in ("new", "continued", "branched", "retry", "truncated", "previous_response"):
+    for how in ("new", "continued", "branched", "retry", "truncated", "previous_response", "system_changed", "header"):
         assert counts[how] > 0, (how, counts)
-    assert counts["fuzzy_matches"] == counts["branched"] + counts["retry"] + counts["truncated"]
+    fuzzy = ("branched", "retry", "truncated", "system_changed")
+    assert counts["fuzzy_matches"] == sum(counts[how] for how in fuzzy)
 
 
 @pytest_twisted.inlineCallbacks

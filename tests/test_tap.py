@@ -6,26 +6,33 @@ run as real processes, since exit codes and output are the contract.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import urllib.request
+import zipfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import attrs
 import yaml
+
+from llmgate import config as configuration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [os.path.join(os.path.dirname(sys.executable), "twistd")]
 MODULE = [sys.executable, "-m", "llmgate"]
 
 
-def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *argv: str, env: dict[str, str] | None = None, cwd: str = ROOT
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "LOG_LEVEL"))}
     environ.update(env or {})
     return subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=60, cwd=ROOT, env=environ
+        list(argv), capture_output=True, text=True, timeout=60, cwd=cwd, env=environ
     )
 
 
@@ -37,9 +44,79 @@ def free_port() -> int:
 
 class CommandLineTests(SynchronousTestCase):
     def test_twistd_lists_the_llmgate_plugin(self) -> None:
-        result = run(*TWISTD, "--help")
+        # From elsewhere than the checkout: the install, not the current
+        # directory, must put twisted/plugins/llmgate.py in sight.
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        result = run(*TWISTD, "--help", cwd=elsewhere)
         self.assertEqual(result.returncode, 0)
         self.assertIn("llmgate", result.stdout)
+
+    def test_a_bad_flag_is_one_line_naming_it_and_help(self) -> None:
+        cases = [
+            (["--bogus"], "--bogus"),
+            (["-x"], "-x"),
+            (["--config"], "--config"),
+            (["surplus"], "arguments"),
+        ]
+        for command, help_command in (
+            (TWISTD + ["llmgate"], "twistd llmgate --help"),
+            (MODULE, "python -m llmgate --help"),
+        ):
+            for flags, named in cases:
+                result = run(*command, *flags)
+                self.assertEqual(result.returncode, 2, (command, flags, result.stderr))
+                self.assertEqual(result.stdout, "")
+                self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+                self.assertIn(named, result.stderr)
+                self.assertIn(help_command, result.stderr)
+
+    def test_help_still_lists_the_options(self) -> None:
+        for command in (TWISTD + ["llmgate"], MODULE):
+            result = run(*command, "--help")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("--generate-config", result.stdout)
+
+    def test_a_generated_config_means_what_no_config_means(self) -> None:
+        result = run(*MODULE, "--generate-config", "-")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as handle:
+            handle.write(result.stdout)
+        environments: list[dict[str, str]] = [
+            {},
+            {"LLM_API_KEY": "sk-test-key"},
+            {"LLM_TYPE": "anthropic"},
+            {"LLM_BASE_URL": "http://127.0.0.1:8000", "LOG_LEVEL": "debug"},
+        ]
+        for environ in environments:
+            generated = configuration.load(path, environ)
+            empty = configuration.load(None, environ)
+            self.assertEqual(attrs.evolve(generated, source=None), empty, environ)
+
+    def test_the_development_install_is_a_plain_pth_and_warns_of_nothing(self) -> None:
+        """
+        ``pip install -e .`` builds this editable wheel: it must be a .pth
+        naming the checkout (what Twisted's plugin scan walks), built
+        without setuptools' transitional ``compat`` mode or its warnings.
+        """
+        copy = os.path.abspath(self.mktemp())
+        for name in ("setup.cfg", "pyproject.toml", "README.md", "llmgate/__init__.py",
+                     "twisted/plugins/llmgate.py"):
+            os.makedirs(os.path.dirname(os.path.join(copy, name)), exist_ok=True)
+            shutil.copy(os.path.join(ROOT, name), os.path.join(copy, name))
+        result = run(
+            sys.executable, "-W", "always", "-c",
+            "from setuptools import build_meta; print(build_meta.build_editable('dist'))",
+            cwd=copy,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("Warning", result.stderr)
+        wheel = os.path.join(copy, "dist", result.stdout.strip().splitlines()[-1])
+        with zipfile.ZipFile(wheel) as archive:
+            pths = [n for n in archive.namelist() if n.endswith(".pth")]
+            self.assertEqual(len(pths), 1, archive.namelist())
+            self.assertEqual(archive.read(pths[0]).decode().strip(), copy)
 
     def test_generate_config_writes_a_valid_commented_example(self) -> None:
         for command in (TWISTD + ["llmgate"], MODULE):
@@ -101,10 +178,13 @@ class DaemonTests(SynchronousTestCase):
     def test_the_daemon_serves_health_and_stops_cleanly_on_sigterm(self) -> None:
         port = free_port()
         environ = {k: v for k, v in os.environ.items() if not k.startswith("LLM_")}
+        # Its config traces to ./traces: run it where that may be written.
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
         process = subprocess.Popen(
             [*TWISTD, "--nodaemon", "--pidfile=", "llmgate", "--config",
-             "etc/gateway.yaml", "--port", str(port)],
-            cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+             os.path.join(ROOT, "etc", "gateway.yaml"), "--port", str(port)],
+            cwd=directory, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         try:
             assert process.stdout is not None

@@ -123,6 +123,15 @@ class TraceDocumentTests(SynchronousTestCase):
         self.assertEqual(document["response"]["body_truncated"], {"size": 100, "kept": 10})
         self.assertIn("body_truncated", document["request"])
 
+    def test_a_key_across_the_cut_leaves_none_of_itself(self) -> None:
+        limit = self.trace.max_body_size = 40
+        for start in range(limit - len(CANARY_KEY), limit + 1):
+            body = b"a" * start + CANARY_KEY.encode() + b"b" * 100
+            with self.subTest(start=start):
+                text, document = self.write(exchange(body=body))
+                self.assertIn("body_truncated", document["response"])
+                self.assertNotIn(CANARY_KEY[:4], text)
+
     def test_headers_and_bodies_are_left_out_when_their_flags_say_so(self) -> None:
         self.trace.include_headers = False
         self.trace.include_body = False

@@ -27,7 +27,6 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from llmgate.forward import BytesProducer
 from llmgate.http.upstream import (
-    STALE_WINDOW,
     Origin,
     UpstreamAgent,
     UpstreamPool,
@@ -450,45 +449,83 @@ class KeepingTests(UpstreamTestCase):
 
 
 class StaleRetryTests(UpstreamTestCase):
+    """
+    After a kept connection dies before any byte of an answer, only what Go's
+    net/http re-sends goes again: idempotent methods, requests with an
+    idempotency key, and requests that provably never left.
+    """
+
     def kept_connection(self) -> None:
         self.send()
         self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
-    def test_a_post_on_a_connection_found_closed_at_once_goes_again(self) -> None:
+    def test_a_post_on_a_connection_found_closed_at_once_is_not_sent_again(self) -> None:
+        # The upstream may have read it before closing: sending it again
+        # could run (and bill) the generation twice.
         self.kept_connection()
         d = self.send(body=b'{"n":1}')
-        self.clock.advance(0.01)
         lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionDone())
+        self.failureResultOf(d, ResponseNeverReceived)
+        self.assertEqual(len(self.endpoint.transports), 1)
+        self.assertEqual(self.pool.retries, 0)
+
+    def test_a_post_with_an_idempotency_key_goes_again(self) -> None:
+        for name in (b"Idempotency-Key", b"x-idempotency-key"):
+            self.setUp()
+            self.kept_connection()
+            d = self.send(body=b'{"n":1}', headers=Headers({name: [b"k1"]}))
+            lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionDone())
+            self.assertEqual(len(self.endpoint.transports), 2, name)
+            self.assertTrue(self.endpoint.transports[1].value().endswith(b'{"n":1}'))
+            self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            self.assertEqual(self.response(d).code, 200)
+
+    def test_idempotent_methods_go_again_whenever(self) -> None:
+        for method in (b"GET", b"HEAD", b"OPTIONS", b"TRACE"):
+            self.setUp()
+            self.kept_connection()
+            d = self.send(method=method, body=None)
+            self.clock.advance(30)
+            lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionLost())
+            self.assertEqual(len(self.endpoint.transports), 2, method)
+            self.assertNoResult(d)
+
+    def test_put_patch_and_delete_are_not_replayed(self) -> None:
+        # Go's isReplayable: DELETE and PUT are idempotent by RFC 9110, but
+        # they carry effects a gateway cannot vouch for.
+        for method in (b"PUT", b"PATCH", b"DELETE"):
+            self.setUp()
+            self.kept_connection()
+            d = self.send(method=method)
+            lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionDone())
+            self.failureResultOf(d, ResponseNeverReceived)
+            self.assertEqual(len(self.endpoint.transports), 1, method)
+
+    def test_a_post_that_provably_never_left_goes_again(self) -> None:
+        self.kept_connection()
+        self.endpoint.protocols[0].unsent = True  # what send_now reports
+        original = self.endpoint.protocols[0].send
+
+        def refused(method: bytes, data: list[bytes], waiter: Any) -> None:
+            original(method, data, waiter)
+            self.endpoint.protocols[0].unsent = True
+
+        self.endpoint.protocols[0].send = refused
+        d = self.send(body=b'{"n":1}')
+        lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionLost())
         self.assertEqual(len(self.endpoint.transports), 2)
-        self.assertTrue(self.endpoint.transports[1].value().endswith(b'{"n":1}'))
         self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(self.response(d).code, 200)
 
-    def test_a_post_that_failed_after_the_upstream_had_time_to_work_does_not(self) -> None:
-        self.kept_connection()
-        d = self.send()
-        self.clock.advance(STALE_WINDOW + 1)
-        lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionLost())
-        self.failureResultOf(d, ResponseNeverReceived)
-        self.assertEqual(len(self.endpoint.transports), 1)
-
-    def test_an_idempotent_request_goes_again_whenever(self) -> None:
-        self.kept_connection()
-        d = self.send(method=b"GET", body=None)
-        self.clock.advance(30)
-        lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionLost())
-        self.assertEqual(len(self.endpoint.transports), 2)
-        self.assertNoResult(d)
-
     def test_a_new_connection_failing_is_not_retried(self) -> None:
-        d = self.send()
+        d = self.send(method=b"GET", body=None)
         lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionDone())
         self.failureResultOf(d, ResponseNeverReceived)
         self.assertEqual(len(self.endpoint.transports), 1)
 
     def test_a_retry_is_sent_once(self) -> None:
         self.kept_connection()
-        d = self.send()
+        d = self.send(method=b"GET", body=None)
         lose(self.endpoint.protocols[0], self.endpoint.transports[0], ConnectionDone())
         lose(self.endpoint.protocols[1], self.endpoint.transports[1], ConnectionDone())
         self.failureResultOf(d, ResponseNeverReceived)
@@ -496,7 +533,7 @@ class StaleRetryTests(UpstreamTestCase):
 
     def test_a_failure_after_the_head_is_never_retried(self) -> None:
         self.kept_connection()
-        d = self.send()
+        d = self.send(method=b"GET", body=None)
         self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
         body = Body()
         self.response(d).deliverBody(body)
@@ -504,6 +541,26 @@ class StaleRetryTests(UpstreamTestCase):
         body.reason.trap(ResponseFailed)
         self.assertEqual(len(self.endpoint.transports), 1)
 
+
+class ConnectionLifetimeTests(UpstreamTestCase):
+    def test_a_connection_closes_after_max_requests_answers(self) -> None:
+        self.pool.max_requests = 3
+        for _ in range(3):
+            self.send()
+            self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(len(self.endpoint.transports), 1)
+        self.assertTrue(self.endpoint.transports[0].disconnecting)
+        self.assertEqual(self.pool.idle_connections, 0)
+        self.send()
+        self.assertEqual(len(self.endpoint.transports), 2)
+
+    def test_a_connection_idle_for_max_idle_is_closed_before_reuse(self) -> None:
+        self.send()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.clock.advance(self.pool.idle_timeout)
+        self.assertTrue(self.endpoint.transports[0].disconnecting)
+        self.send()
+        self.assertEqual(len(self.endpoint.transports), 2)
 
 
 class ReviewRegressionTests(UpstreamTestCase):

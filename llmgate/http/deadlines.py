@@ -8,6 +8,9 @@ time.  The timeouts all have the same length, so their deadlines come in the
 order they were set: the earliest is always the oldest one still waiting,
 and one timer, armed for it, serves them all.  Setting and clearing a
 deadline is then one dict operation.
+
+Implements the timeout of RFC 9110 section 15.6.5 (504: no answer's head in
+``llm.timeout``); the rest is bookkeeping.
 """
 
 from __future__ import annotations

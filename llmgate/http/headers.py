@@ -5,6 +5,12 @@ Pure functions over lists of ``(name, values)``: hop-by-hop headers belong to
 one connection and never cross; the client's credentials never go upstream
 when the gateway holds the key; the gateway's own control headers
 (``x-llmgate-*``) are for the gateway alone.
+
+Implements RFC 9110 section 7.6.1 (``Connection``: hop-by-hop fields, and
+every name it lists, are dropped both ways), 7.2 (``Host`` set by the client
+side of the gateway) and 12.5.3 (``Accept-Encoding`` narrowed to codings the
+gateway can observe); RFC 9112 section 6.1 (``Transfer-Encoding`` is hop by
+hop).
 """
 
 from __future__ import annotations

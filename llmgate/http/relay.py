@@ -6,6 +6,11 @@ One object is both the ``Protocol`` that receives the upstream body and the
 ``IPushProducer`` registered with the client's request: when the client reads
 slowly, twisted.web pauses it and it pauses the upstream socket, so a slow
 reader never makes the gateway hold a stream in memory.
+
+Implements RFC 9112 section 6.3 item 8 (a body read until close ends with the
+connection: ``PotentialDataLoss`` is a clean end) and 9.6 (an upstream body
+that ends early is never relayed as whole); the event stream itself is
+WHATWG HTML's ``text/event-stream``, relayed byte for byte.
 """
 
 from __future__ import annotations

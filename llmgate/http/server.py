@@ -2,6 +2,15 @@
 The twisted.web server under the Klein app: a request class that enforces the
 request body limit, and a site without the per-request access log (the
 printer middleware logs calls, through ``twisted.logger``).
+
+Implements, over twisted.web's own parser, RFC 9112 section 2.2 (message
+parsing: a strict one-step path for whole requests, everything else left to
+twisted.web), 3 (the request line), 3.2 (exactly one ``Host``: two are a
+400), 5 (field lines: a token name, no CR, LF or NUL in a value), 6.1-6.3
+(body length: ``chunked`` is the only transfer coding, ``Content-Length``
+is digits, more than 18 of them a 413) and 9.5 (timeouts: a whole request
+within ``server.request_timeout``); RFC 9110 section 15.5.14 (413) and RFC
+6585 section 5 (431).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from llmgate.providers import Provider
+from llmgate.http import twisted_names
 from llmgate.http.sendnow import send_now
 
 
@@ -32,6 +42,10 @@ _REQUEST_LINE = re.compile(
 #: CR or LF; each line ends in CRLF.
 _HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*")
 
+
+#: The most digits a Content-Length may have: more is over any body limit,
+#: and thousands would make ``int`` raise.
+_MAX_LENGTH_DIGITS = 18
 
 #: The largest request body held back until it is all here, to be taken
 #: with its head in one step; a larger one is left to twisted.web's parser.
@@ -171,6 +185,8 @@ class GatewayChannel(HTTPChannel):
     _held_size = 0
     _held_needed = 0
     _keep_idle_timer = False
+    #: Answered with an error, and closing: nothing more is served.
+    _refused = False
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         if self.gathered is None or not isinstance(headers, Headers):
@@ -258,7 +274,8 @@ class GatewayChannel(HTTPChannel):
         ``allContentReceived``, so the request is the one it would build.
         """
         if (
-            self.paused
+            not twisted_names.ONE_STEP_PARSER
+            or self.paused
             or self._busyReceiving
             or self._transferDecoder is not None
             or not self.persistent
@@ -278,18 +295,22 @@ class GatewayChannel(HTTPChannel):
             return False
         headers = []
         length = 0
-        framed = False
+        framed = hosts = False
         for line in lines:
             name, _, value = line.partition(b":")
             value = value.strip(b" \t")
             lowered = name.lower()
             if lowered == b"content-length":
-                if framed or not value.isdigit():
+                if framed or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
                     return False
                 framed = True
                 length = int(value)
             elif lowered == b"transfer-encoding" or lowered == b"expect":
                 return False
+            elif lowered == b"host":
+                if hosts:
+                    return False
+                hosts = True
             headers.append((name, value))
         body_start = end + 4
         received = len(data) - body_start
@@ -324,6 +345,8 @@ class GatewayChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         self._cancel_deadline()
+        if self._refused:
+            return
         # twisted.web stops the idle timer here and makes a new one when the
         # answer is done: a DelayedCall cancelled and one made per request.
         # The timer keeps running instead (see setTimeout), is set back to
@@ -376,7 +399,26 @@ class GatewayChannel(HTTPChannel):
         # leaves chunked not the final coding or the body unframed.
         if header == b"Transfer-Encoding" and data.lower() != b"chunked":
             return self._failChooseTransferDecoder()
+        if header == b"Content-Length" and len(data) > _MAX_LENGTH_DIGITS and data.isdigit():
+            # twisted.web's int() raises on thousands of digits; a length
+            # of more than 18 digits is over any body limit anyway.
+            if len(data.lstrip(b"0")) > _MAX_LENGTH_DIGITS:
+                self._refuse(413, "body_too_large", "request body too large")
+            else:
+                self._refuse(400, "bad_request", "malformed HTTP request")
+            return False
         return super()._maybeChooseTransferDecoder(header, data)
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        if hosts is not None and len(hosts) > 1:
+            # RFC 9112, 3.2: a request with more than one Host is a 400.
+            self._refuse(400, "bad_request", "more than one Host header")
+            # twisted.web goes on to the body: there is none to read.
+            self.length = 0
+            return
+        super().allHeadersReceived()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         if (
@@ -389,10 +431,16 @@ class GatewayChannel(HTTPChannel):
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         self._cancel_deadline()
+        self._refused = True
         site: GatewaySite = self.site
         site.refused[reason] += 1
         body = site.provider.error_body(status, message, reason)
-        phrase = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+        phrase = {
+            400: b"Bad Request",
+            408: b"Request Timeout",
+            413: b"Payload Too Large",
+            431: b"Request Header Fields Too Large",
+        }
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, phrase[status], len(body), body)

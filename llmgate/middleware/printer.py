@@ -36,9 +36,12 @@ def build(config: Mapping[str, Any], context: MiddlewareContext) -> "PrinterMidd
 
 
 def _preview(body: bytes | bytearray, limit: int, scrub: Scrubber) -> str:
-    text = bytes(body[: limit * 4]).decode("utf-8", "replace")
-    if len(text) > limit or len(body) > limit * 4:
-        text = text[:limit] + f"... [{len(body)} bytes]"
+    # Scrubbed before it is cut (a key across the cut would keep its start):
+    # the window reaches past the cut by the longest secret.
+    window = limit * 4 + scrub.longest
+    text = bytes(body[:window]).decode("utf-8", "replace")
+    if len(text) > limit or len(body) > window:
+        return scrub.cut(text, limit) + f"... [{len(body)} bytes]"
     return scrub(text)
 
 

@@ -425,7 +425,10 @@ class TraceMiddleware(Middleware):
         """
         limit = self.max_body_size
         if len(body) > limit or size > len(body):
-            text = body[:limit].decode("utf-8", "replace")
+            # Scrubbed before it is cut, never after.
+            text = self.scrub.cut(
+                body[: limit + self.scrub.longest * 4].decode("utf-8", "replace"), limit
+            )
             return {
                 key: text,
                 f"{key}_truncated": {"size": max(size, len(body)), "kept": min(limit, len(body))},

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Iterable, Sequence
 
 import attrs
 
 DIGEST_SIZE = 16  # 128-bit BLAKE2b: collision-free for any realistic traffic
+
+#: Context a client injects around the user's words (Claude Code's
+#: ``<system-reminder>`` blocks: environment, instructions, notices), which
+#: it renders anew between runs: never part of what a message is.
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.S)
+
+
+def _without_reminders(text: str) -> str:
+    return _REMINDER.sub("", text) if "<system-reminder>" in text else text
 
 
 def digest(*parts: Any) -> bytes:
@@ -253,7 +263,7 @@ def _reduce_content(content: Any) -> list[Any]:
     if content is None:
         return []
     if isinstance(content, str):
-        text = content.strip()
+        text = _without_reminders(content).strip()
         return [("text", text)] if text else []
     if not isinstance(content, list):
         return [("raw", json.dumps(content, sort_keys=True, default=str)[:100_000])]
@@ -262,7 +272,7 @@ def _reduce_content(content: Any) -> list[Any]:
 
     def flush() -> None:
         if texts:
-            text = "".join(texts).strip()
+            text = _without_reminders("".join(texts)).strip()
             if text:
                 parts.append(("text", text))
             texts.clear()

@@ -1,9 +1,10 @@
 """
-Deciding which session a call belongs to, from its history alone.
+Deciding which session a call belongs to, from its history (or from the
+session a client names in a header, which the stage reads).
 
 A conversation *state* is a history that ends with an answer.  When a call
-completes, the state "its history + its answer" is remembered under two keys
-that name the session; a later call whose history starts with that state
+completes, the state "its history + its answer" is remembered under keys
+that name the session (exact, fuzzy, system); a later call whose history starts with that state
 continues the session.  Keys are built from the digests of the messages next
 to the state's end (and the system prompt, the first message and the length),
 so a lookup hashes only the end of a history, whatever its length.  The rules,
@@ -43,10 +44,11 @@ CONTINUED = "continued"
 BRANCHED = "branched"  # from an earlier state: regeneration, edit
 RETRY = "retry"
 TRUNCATED = "truncated"  # oldest turns dropped by the client
+SYSTEM_CHANGED = "system_changed"  # the client rewrote its system prompt
 PREVIOUS_RESPONSE = "previous_response"
 NEW = "new"
 RESET = "reset"
-FUZZY = frozenset({BRANCHED, RETRY, TRUNCATED})
+FUZZY = frozenset({BRANCHED, RETRY, TRUNCATED, SYSTEM_CHANGED})
 
 
 @attrs.frozen
@@ -72,6 +74,38 @@ class Pending:
     #: False for a call that is never answered (token counting): it is
     #: labelled only when it continues a session, and leaves no state.
     create: bool = True
+
+
+#: System messages skipped at most when the system key looks for turns.
+MAX_SKIPPED = 16
+
+
+def _is_system(message: Any) -> bool:
+    """
+    A system (or developer) message among the turns: system material a
+    client places between them (Claude Code's environment and model lines,
+    Codex's instructions), which the system key passes over.
+    """
+    return isinstance(message, dict) and message.get("role") in ("system", "developer")
+
+
+def _turns_key(get: Callable[[int], bytes], is_system: Callable[[int], bool], end: int) -> bytes:
+    """
+    The system key of the state ending at ``end``: its first turn and its
+    last :data:`WINDOW` turns, system messages passed over, so that neither
+    the system prompt nor the system material between the turns counts.
+    Only the two ends of the history are looked at.
+    """
+    window: list[bytes | None] = []
+    index, skipped = end - 1, 0
+    while index >= 0 and len(window) < WINDOW and skipped <= MAX_SKIPPED:
+        if is_system(index):
+            skipped += 1
+        else:
+            window.append(get(index))
+        index -= 1
+    first = next((get(i) for i in range(min(end, MAX_SKIPPED)) if not is_system(i)), None)
+    return key_of(b"S", first, *([None] * (WINDOW - len(window))), *reversed(window))
 
 
 def _is_answer(message: Any) -> bool:
@@ -109,6 +143,18 @@ class SessionDetector:
         return key_of(b"F", history.system, *window)
 
     @staticmethod
+    def system_key(history: History, get: Callable[[int], bytes], end: int) -> bytes:
+        """
+        The key of a state whatever system prompt the client sends this
+        time: the same first turn and the same last turns (answers included),
+        system messages among them passed over (see :func:`_turns_key`);
+        indices past the history's messages are its answer's.
+        """
+        messages = history.messages
+        count = len(messages)
+        return _turns_key(get, lambda i: i < count and _is_system(messages[i]), end)
+
+    @staticmethod
     def response_key(response_id: str) -> bytes:
         return key_of(b"P", digest(response_id))
 
@@ -120,7 +166,7 @@ class SessionDetector:
         """
         Decide the session of a call.
 
-        :param named: a session id the client gave in ``x-llmgate-session-id``.
+        :param named: a session id the client gave in a header.
         :return: the pending record for :meth:`complete`, and the decision (or
             a Deferred of it, from a networked store).
         """
@@ -190,6 +236,9 @@ class SessionDetector:
             for window in windows:
                 keys.append(self.fuzzy_key(history, window))
                 kinds.append(TRUNCATED)
+            for end in ends:
+                keys.append(self.system_key(history, get, end))
+                kinds.append(SYSTEM_CHANGED)
         found = self.store.find(keys)
         if isinstance(found, Deferred):
             return found.addCallback(self._found, pending, kinds)
@@ -283,6 +332,7 @@ class SessionDetector:
         keys = [self.exact_key(history, first, end, window)]
         if self.config.fuzzy_matching:
             keys.append(self.fuzzy_key(history, window))
+            keys.append(self.system_key(history, get, end))
         if response_id:
             keys.append(self.response_key(response_id))
         return self.store.remember(session_id, keys)

@@ -35,14 +35,29 @@ class SessionStage(Middleware):
     def __init__(self, detector: SessionDetector) -> None:
         self.detector = detector
         self.store_errors = 0
+        self.client_headers = tuple(name.lower().encode("ascii") for name in detector.config.client_headers)
+
+    def client_session(self, headers: Any) -> str | None:
+        """
+        The session a client names in the first of ``session.client_headers``
+        it sends with a well-formed value.  The value is only a label: it is
+        namespaced by the header's name (``x-claude-code-session-id:<id>``),
+        so two tools that happen to pick one id never share a session; the
+        gateway's own ``x-llmgate-session-id`` is taken as is.
+        """
+        for name in self.client_headers:
+            given = headers.getRawHeaders(name)
+            if not given:
+                continue
+            value = given[-1].strip()
+            if not _VALID_ID.fullmatch(value):
+                continue
+            label = value.decode("ascii")
+            return label if name == HEADER else f"{name.decode('ascii')}:{label}"
+        return None
 
     def request_received(self, exchange: Exchange) -> Any:
-        named = None
-        given = exchange.request.headers.getRawHeaders(HEADER)
-        if given:
-            value = given[-1].strip()
-            if _VALID_ID.fullmatch(value):
-                named = value.decode("ascii")
+        named = self.client_session(exchange.request.headers)
         history = history_of(exchange.provider, exchange.request.path, exchange.request_json)
         if history is None:
             if named:
