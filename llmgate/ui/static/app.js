@@ -25,6 +25,7 @@ function el(tag, props, ...children) {
 // -- access ------------------------------------------------------------------
 
 class Unauthorized extends Error {}
+class Forbidden extends Error {}
 
 function authHeaders() {
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -34,6 +35,7 @@ function authHeaders() {
 async function api(path) {
   const response = await fetch(path, { headers: authHeaders(), cache: "no-store" });
   if (response.status === 401) throw new Unauthorized();
+  if (response.status === 403) throw new Forbidden();
   if (!response.ok && response.status !== 404) throw new Error(path + ": " + response.status);
   return response.json();
 }
@@ -61,7 +63,12 @@ function whenAuthorized(start) {
       $("login").hidden = true;
       $("content").hidden = false;
     } catch (error) {
-      if (error instanceof Unauthorized) {
+      if (error instanceof Forbidden) {
+        showLogin("This gateway shows its live view to local clients only (client tokens are set, " +
+                  "admin tokens are not): open it from the gateway's machine, or set auth.admin_tokens.");
+        $("token").hidden = true;
+        document.querySelector("#login-form button").hidden = true;
+      } else if (error instanceof Unauthorized) {
         const hadToken = Boolean(sessionStorage.getItem(TOKEN_KEY));
         sessionStorage.removeItem(TOKEN_KEY);
         showLogin(hadToken ? "That token was refused." : "");
@@ -110,7 +117,12 @@ function follow(query, onEvent) {
         }
       }
     } catch (error) {
-      if (error instanceof Unauthorized) { stopped = true; showLogin(""); return; }
+      if (error instanceof Forbidden) {
+        showLogin("This gateway shows its live view to local clients only (client tokens are set, " +
+                  "admin tokens are not): open it from the gateway's machine, or set auth.admin_tokens.");
+        $("token").hidden = true;
+        document.querySelector("#login-form button").hidden = true;
+      } else if (error instanceof Unauthorized) { stopped = true; showLogin(""); return; }
     }
     if (!stopped) {
       setStatus("down", "reconnecting");
