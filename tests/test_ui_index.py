@@ -80,7 +80,7 @@ def write(directory: str, document: dict[str, Any]) -> str:
 
 class SummaryTests(SynchronousTestCase):
     def test_a_trace_is_summarised_with_tokens_timings_and_decision(self) -> None:
-        document = trace("c1", BASE + 0.25, upstream={"name": "primary"}, attempts=[{}, {}])
+        document = trace("c1", BASE + 0.25, upstream="primary", attempts=[{"outcome": "refused"}, {"outcome": "answered"}])
         call = summarize(document, "f.json")
         assert call is not None
         self.assertEqual(call.time, BASE + 0.25)

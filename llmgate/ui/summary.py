@@ -142,13 +142,15 @@ def summary_of_exchange(
     received = exchange.received
     ended = exchange.ended_at
     first = exchange.first_byte_at
+    api = getattr(exchange, "api", None)  # as the trace names them (routing)
+    attempts = getattr(exchange, "attempts", None)
     # Positional, in field order: this runs for every call.
     return CallSummary(
         exchange.id,
         wall,
         None,
         exchange.session_id,
-        exchange.provider,
+        api.system if api is not None else exchange.provider,
         exchange.model,
         exchange.request.path.decode("utf-8", "replace"),
         response.status if response is not None else exchange.sent_status,
@@ -157,8 +159,8 @@ def summary_of_exchange(
         usage.get("input_tokens") or 0,
         usage.get("output_tokens") or 0,
         exchange.notes.get("session_how"),
-        None,
-        None,
+        getattr(exchange, "upstream", None),
+        len(attempts) if attempts else None,
         exchange.error,
         response is not None and response.streaming,
         preview,
