@@ -226,6 +226,7 @@ class TraceMiddleware(Middleware):
             "event_count": response.event_count if response else 0,
             "truncated": response.truncated if response else False,
             "session_id": exchange.session_id,
+            "session_decision": exchange.notes.get("session_how"),
             "model": exchange.model,
             "usage": exchange.usage,
             # Parsed already by another stage, or left for the writer thread.
@@ -414,6 +415,7 @@ class TraceMiddleware(Middleware):
             "attempts": snap["attempts"],
             "model": snap["model"],
             "session_id": snap["session_id"],
+            "session_decision": snap["session_decision"],
             "request": request,
             "response": response,
             "usage": snap["usage"],
