@@ -8,6 +8,10 @@ scenario as a Markdown table.
 
     .venv/bin/python bench/sessions_score.py [--seed N] [--conversations N] [--extra]
 
+``--mixed`` instead replays mixed traffic through ONE gateway, once with
+routes to an upstream per API type and once with a single ``type: openai``
+upstream, and reports per API as well.
+
 ``--extra`` adds a second run of the scenarios outside the documented
 guarantees (``EXTRA_SCENARIOS``), reported apart.
 """
@@ -36,8 +40,10 @@ from tests.sessionsim import (  # noqa: E402
     Simulation,
     coverage,
     explain,
+    mixed_topologies,
     replay,
     score,
+    score_by_api,
     table,
 )
 
@@ -88,10 +94,54 @@ def run(reactor: Any, seed: int, conversations: int, scenarios: tuple[str, ...],
     yield pool.closeCachedConnections()
     for parts in gateways.values():
         yield parts.pipeline.close()
-        yield parts.pool.closeCachedConnections()
+        yield parts.close_pools()
     for port in ports:
         yield port.stopListening()
     return scores
+
+
+@inlineCallbacks
+def run_mixed(reactor: Any, seed: int, conversations: int) -> Any:
+    """
+    Mixed traffic through ONE gateway, in each topology of
+    ``mixed_topologies``: scores per API and per scenario.
+    """
+    upstream = AgentUpstream(reactor)
+    ports = []
+    for _ in range(2):
+        site = Site(upstream)
+        site.noisy = False
+        ports.append(reactor.listenTCP(0, site, interface="127.0.0.1"))
+    openai_url, anthropic_url = (f"http://127.0.0.1:{p.getHost().port}" for p in ports)
+    for topology, document in mixed_topologies(openai_url, anthropic_url).items():
+        parts = GatewayParts(configuration.parse(document), reactor)
+        port = reactor.listenTCP(0, parts.site, interface="127.0.0.1")
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        sim = Simulation(seed=seed, conversations=conversations)
+        upstream.reply = sim.model
+        started = time.perf_counter()
+        outcomes = yield replay(sim, pool=pool, reactor=reactor, route=lambda call: url)
+        elapsed = time.perf_counter() - started
+        print(f"### Mixed traffic, one gateway: {topology}\n")
+        print(
+            f"seed {seed}, {conversations} clients, {len(outcomes)} calls "
+            f"({sum(1 for o in outcomes if o.session_id is None)} unlabelled), "
+            f"replayed in {elapsed:.1f} s\n"
+        )
+        print(table(score_by_api(outcomes)).replace("| scenario |", "| API |"))
+        print()
+        print(table(score(outcomes)))
+        print()
+        mistakes = explain(outcomes, max_lines=30)
+        if mistakes != "no mistakes":
+            print("\n```\n" + mistakes + "\n```\n")
+        yield pool.closeCachedConnections()
+        yield port.stopListening()
+        yield parts.pipeline.close()
+        yield parts.close_pools()
+    for port in ports:
+        yield port.stopListening()
 
 
 @inlineCallbacks
@@ -100,7 +150,13 @@ def main(reactor: Any, argv: list[str]) -> Any:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--extra", action="store_true", help="also measure EXTRA_SCENARIOS")
+    parser.add_argument(
+        "--mixed", action="store_true", help="mixed traffic through one gateway, both topologies"
+    )
     args = parser.parse_args(argv)
+    if args.mixed:
+        yield run_mixed(reactor, args.seed, args.conversations)
+        return
     yield run(reactor, args.seed, args.conversations, SCENARIOS, "Documented scenarios")
     if args.extra:
         yield run(

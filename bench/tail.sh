@@ -13,7 +13,7 @@
 # Each repetition runs, for every config in turn, wrk -t1 -c64 (throughput)
 # and wrk -t1 -c1 (one call at a time on one keep-alive connection: the
 # latency percentiles, from wrk's full histogram).  Gateways on CPU 0, nginx
-# and wrk on CPU 1.  Environment: BENCH_TAIL_PORT (18380: nginx; gateways on
+# and wrk on CPU 1.  Environment: BENCH_TAIL_PORT (18480: nginx; gateways on
 # the next ports), BENCH_GATEWAY_CPU (0), BENCH_LOAD_CPU (1), VENV.
 set -euo pipefail
 export LC_ALL=C
@@ -44,7 +44,7 @@ done
 if [ -n "$OUT" ]; then mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"; fi
 cd "$ROOT"
 
-BASE_PORT="${BENCH_TAIL_PORT:-18380}"
+BASE_PORT="${BENCH_TAIL_PORT:-18480}"
 GW_CPU="${BENCH_GATEWAY_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
 

@@ -9,7 +9,6 @@ import functools
 import json
 import re
 from collections import Counter
-from urllib.parse import unquote_to_bytes
 from typing import Any, Callable
 
 from klein import Klein
@@ -26,6 +25,7 @@ from llmgate.forward import Forwarder
 from llmgate.metrics import Metrics, wants_prometheus
 from llmgate.http.server import GatewayRequest
 from llmgate.limits import RefusalReport
+from llmgate.routing import path_allowed
 
 #: The gateway's own endpoints; every other path is relayed upstream.
 OWN_PATHS = frozenset({b"/health", b"/config", b"/metrics"})
@@ -37,18 +37,7 @@ PROXY_METHODS = (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTION
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
 
 
-def _path_allowed(path: bytes, prefixes: tuple[bytes, ...]) -> bool:
-    """
-    Whether ``path`` is under one of ``prefixes`` once decoded as the
-    upstream will: no dot segments, no encoded slash or backslash.
-    """
-    lowered = path.lower()
-    if b"%2f" in lowered or b"%5c" in lowered or b"\\" in path:
-        return False
-    decoded = unquote_to_bytes(path)
-    if any(segment in (b".", b"..") for segment in decoded.split(b"/")):
-        return False
-    return decoded.startswith(prefixes)
+_path_allowed = path_allowed
 
 
 def _json(request: Request, document: Any, status: int = 200) -> bytes:
@@ -99,7 +88,6 @@ class Gateway:
         self.forwarder = forwarder
         self.metrics = metrics
         config = forwarder.config
-        self.allowed_paths = tuple(p.encode("utf-8") for p in config.llm.allowed_paths or ())
         self.max_concurrent = config.server.max_concurrent
         self.admin = AdminGuard.from_config(config.auth)
         if self.admin.describe():
@@ -107,7 +95,6 @@ class Gateway:
         self.overload = RefusalReport(forwarder.clock, self.max_concurrent)
         #: Calls refused here, by reason, for /metrics.
         self.refused: Counter[str] = Counter()
-        self.provider = forwarder.provider
         self._config_view = config_view
         self._metrics_view = metrics_view
 
@@ -152,9 +139,6 @@ class Gateway:
             self.refused["method_not_allowed"] += 1
             request.setHeader(b"allow", b", ".join(PROXY_METHODS))
             return self._error(request, 405, "method not allowed", "method_not_allowed")
-        if self.allowed_paths and not _path_allowed(request.path, self.allowed_paths):
-            self.refused["forbidden_path"] += 1
-            return self._error(request, 403, "path not allowed by this gateway", "forbidden_path")
         if self.max_concurrent and len(self.forwarder.open_calls) >= self.max_concurrent:
             self.refused["overloaded"] += 1
             self.overload.refused()

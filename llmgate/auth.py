@@ -55,8 +55,8 @@ def token_allowed(token: bytes | None, digests: Iterable[bytes]) -> bool:
 
 class AuthStage(Middleware):
     """
-    Refuse calls without a valid client token, with 401 in the provider's
-    error shape, before anything is forwarded.
+    Refuse calls without a valid client token, with 401 in the call's API
+    shape, before anything is forwarded.
     """
 
     name = "auth"
@@ -75,7 +75,7 @@ class AuthStage(Middleware):
         exchange.error, exchange.error_kind = message, "unauthorized"
         return LocalAnswer(
             status=401,
-            body=self.provider.error_body(401, message, "unauthorized"),
+            body=(exchange.api or self.provider).error_body(401, message, "unauthorized"),
             headers=((b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")),
         )
 

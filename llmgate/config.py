@@ -107,6 +107,47 @@ class LLMConfig:
     #: Seconds an idle upstream connection is kept; below the upstream's own
     #: keep-alive so a request never lands on a connection it just closed.
     idle_connection_timeout: float = 50.0
+    #: Consecutive failures after which the upstream is skipped for a
+    #: cool-down (passive health); 0: never.
+    eject_after: int = 5
+    #: Seconds of the first cool-down; it doubles while the upstream keeps
+    #: failing, up to ``max_cooldown``.
+    cooldown: float = 30.0
+    max_cooldown: float = 300.0
+
+
+#: Statuses that send a call on to a route's next upstream by default.
+DEFAULT_FAILOVER_ON = frozenset({429, 500, 502, 503, 504})
+
+
+@attrs.frozen
+class RouteConfig:
+    """
+    One entry of ``routes``: what a call must match (every given field), and
+    the upstreams to try in order.
+    """
+
+    upstreams: tuple[str, ...]
+    #: A path prefix.
+    path: str | None = None
+    #: A glob on the request body's ``model``.
+    model: str | None = None
+    #: Header names (lower case) and the exact values they must have.
+    header: tuple[tuple[str, str], ...] = ()
+    failover_on: frozenset[int] = DEFAULT_FAILOVER_ON
+
+    def describe(self) -> str:
+        """
+        One line of the route table.
+        """
+        match = []
+        if self.path is not None:
+            match.append(f"path {self.path}*")
+        if self.model is not None:
+            match.append(f"model {self.model}")
+        for name, value in self.header:
+            match.append(f"header {name}: {value}")
+        return f"{' and '.join(match) or 'any call'} -> {' then '.join(self.upstreams)}"
 
 
 @attrs.frozen
@@ -206,7 +247,14 @@ class PoolConfig:
 @attrs.frozen
 class GatewayConfig:
     server: ServerConfig = ServerConfig()
+    #: The default upstream: the first catch-all route's first upstream (or
+    #: the first upstream); with the ``llm:`` shorthand, the only one.
     llm: LLMConfig = LLMConfig()
+    #: Every upstream by name; ``llm:`` alone makes one named ``default``.
+    upstreams: Mapping[str, LLMConfig] = attrs.field(
+        factory=lambda: {"default": LLMConfig()}, hash=False
+    )
+    routes: tuple[RouteConfig, ...] = (RouteConfig(upstreams=("default",)),)
     middlewares: tuple[MiddlewareConfig, ...] = ()
     session: SessionConfig = SessionConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -224,10 +272,25 @@ class GatewayConfig:
         it is set, fit for ``/config``, logs and the console.
         """
         data = attrs.asdict(self, recurse=True)
-        data["llm"]["api_key"] = {"configured": self.llm.api_key is not None}
+        for redacted, llm in (
+            (data["llm"], self.llm),
+            *((data["upstreams"][name], up) for name, up in self.upstreams.items()),
+        ):
+            redacted["api_key"] = {"configured": llm.api_key is not None}
+            redacted["base_url"] = _redact_url(llm.base_url)
+        data["routes"] = [
+            {
+                "path": route.path,
+                "model": route.model,
+                "header": dict(route.header),
+                "upstreams": list(route.upstreams),
+                "failover_on": sorted(route.failover_on),
+                "describe": route.describe(),
+            }
+            for route in self.routes
+        ]
         store = data["session"]["store"]
         store["url"] = _redact_url(self.session.store.url)
-        data["llm"]["base_url"] = _redact_url(self.llm.base_url)
         data["auth"] = {
             "client_tokens": len(self.auth.token_hashes),
             "admin_tokens": len(self.auth.admin_token_hashes),
@@ -315,6 +378,9 @@ def load(
     document = read_file(path, environ) if path else {}
     for variable, field in ENVIRONMENT.items():
         value = environ.get(variable)
+        if value and field.startswith("llm.") and "upstreams" in document:
+            # The shorthand's variables do not mix with named upstreams.
+            continue
         if value:
             _set(document, field, value)
     for field, value in (overrides or {}).items():
@@ -331,14 +397,18 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
     top = _Section(document, "")
     top.allow(
         {
-            "server", "llm", "middlewares", "session", "logging", "metrics", "usage",
-            "manhole", "auth",
-            "pool",
+            "server", "llm", "upstreams", "routes", "middlewares", "session", "logging",
+            "metrics", "usage", "manhole", "auth", "pool",
         }
     )
+    from llmgate.routing import parse_upstreams
+
+    llm, upstreams, routes = parse_upstreams(top)
     config = GatewayConfig(
         server=_server(top.section("server")),
-        llm=_llm(top.section("llm")),
+        llm=llm,
+        upstreams=upstreams,
+        routes=routes,
         middlewares=_middlewares(top.get("middlewares", [])),
         session=_session(top.section("session")),
         logging=_logging(top.section("logging")),
@@ -374,7 +444,8 @@ def _refuse_open_relay(config: GatewayConfig) -> None:
     anyone in spends the key for anyone: refuse it unless it is meant.
     """
     server = config.server
-    if config.llm.api_key is None or config.auth.enabled or server.allow_open_relay:
+    injects = any(up.api_key is not None for up in config.upstreams.values())
+    if not injects or config.auth.enabled or server.allow_open_relay:
         return
     if server.listen is not None:
         if not server.listen.startswith(("unix:", "systemd:")) and not _loopback_listen(
@@ -512,6 +583,9 @@ def _server(section: _Section) -> ServerConfig:
 
 
 def _llm(section: _Section) -> LLMConfig:
+    """
+    ``llm:``, or one entry of ``upstreams:``: an upstream and how to reach it.
+    """
     section.allow(set(attrs.fields_dict(LLMConfig)))
     kind_given = str(section.get("type", "openai")).lower()
     default_url = DEFAULT_BASE_URLS.get(kind_given, _DEFAULTS_LLMConfig.base_url)
@@ -563,6 +637,11 @@ def _llm(section: _Section) -> LLMConfig:
         ),
         idle_connection_timeout=section.number(
             "idle_connection_timeout", _DEFAULTS_LLMConfig.idle_connection_timeout, 0.001, 86400
+        ),
+        eject_after=section.integer("eject_after", _DEFAULTS_LLMConfig.eject_after, 0, 10**6),
+        cooldown=section.number("cooldown", _DEFAULTS_LLMConfig.cooldown, 0.001, 86400),
+        max_cooldown=section.number(
+            "max_cooldown", _DEFAULTS_LLMConfig.max_cooldown, 0.001, 86400 * 7
         ),
     )
 

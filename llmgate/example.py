@@ -40,6 +40,15 @@ llm:
   idle_timeout: {llm.idle_timeout!y}                    # seconds a stream (or its reader) may stall
   # auth_header: "api-key"             # Azure OpenAI and other conventions
 
+# Several providers, instead of llm: (docs/routing.md):
+# upstreams:
+#   openai:    {{type: openai,    api_key: "${{OPENAI_API_KEY:-}}"}}
+#   anthropic: {{type: anthropic, api_key: "${{ANTHROPIC_API_KEY:-}}"}}
+# routes:
+#   - {{path: "/v1/messages", upstream: anthropic}}
+#   - {{model: "claude-*", upstream: anthropic}}
+#   - {{upstream: [openai, anthropic]}}   # the default; failover in order
+
 # None by default.  Uncomment to write traces and print calls:
 middlewares: []
 #  - type: "trace"

@@ -124,15 +124,58 @@ class LocalAnswer:
 
 
 @attrs.define(eq=False)
+class Attempt:
+    """
+    One try of a call at one upstream.  Times are the reactor clock's.
+
+    :ivar outcome: ``pending`` while it runs; then ``answered`` (its answer
+        went to the client), ``failover`` (a status in the route's
+        ``failover_on``, the next upstream was tried), or why it failed
+        (``upstream_refused``, ``upstream_timeout``, ``upstream_reset``...).
+    """
+
+    upstream: str
+    #: ``host:port`` of the upstream, never with credentials.
+    address: str
+    started: float
+    ended: float | None = None
+    outcome: str = "pending"
+    status: int | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended is None else self.ended - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream,
+            "address": self.address,
+            "outcome": self.outcome,
+            "status": self.status,
+            "started": self.started,
+            "duration": self.duration,
+        }
+
+
+@attrs.define(eq=False)
 class Exchange:
     """
     Everything known about one call.  Times are the reactor clock's seconds.
     """
 
     id: str
+    #: The name of the call's API shape (``openai-chat``, ``anthropic-messages``,
+    #: ``opaque``...), decided from its path.
     provider: str
     request: RequestRecord
     received: float
+    #: The call's API shape (:class:`llmgate.interfaces.IApiShape`); None
+    #: when the exchange was built without one (then ``provider`` names it).
+    api: Any = None
+    #: The configured name of the upstream that answered (or was last tried).
+    upstream: str | None = None
+    #: Every try at an upstream, in order.
+    attempts: list[Attempt] = attrs.field(factory=list)
     response: ResponseRecord | None = None
     #: When the request was handed to the upstream connection pool.
     sent_at: float | None = None
@@ -174,15 +217,16 @@ class Exchange:
             ):
                 from llmgate.answer import StreamAnswer, answer_from_body
 
+                shape = self.api if self.api is not None else self.provider
                 if response.streaming:
-                    assembler = StreamAnswer(self.provider)
+                    assembler = StreamAnswer(shape)
                     for event in response.events:
                         assembler.feed(event)
                     self._answer = assembler.result()
                 else:
                     document = response.document()
                     if document is not None:
-                        self._answer = answer_from_body(self.provider, document)
+                        self._answer = answer_from_body(shape, document)
         return self._answer
 
     def built_answer(self) -> Any:

@@ -1,7 +1,9 @@
 """
-The upstream forwarder: each client call becomes one request to the
-configured upstream over a shared persistent connection pool, and its answer
-is relayed back as it arrives.
+The upstream forwarder: each client call is routed to an upstream (see
+:mod:`llmgate.routing`), becomes one request to it over that upstream's
+persistent connection pool (or, failing before an answer's head, to the
+route's next upstream, with the same body), and its answer is relayed back
+as it arrives.
 
 The forwarder drives an ``IAgent`` itself rather than through
 ``treq.HTTPClient.request``, which always adds a shared cookie jar, redirect
@@ -13,88 +15,29 @@ with ``treq.testing``'s in-memory agent.
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any, Mapping
 
-from service_identity import CertificateError, VerificationError
-from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IReactorTime
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import client
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent
 from twisted.web.server import Request
-from zope.interface import implementer
 
-from llmgate.config import GatewayConfig
-from llmgate.http.deadlines import Deadlines
-from llmgate.exchange import Exchange, LocalAnswer, RequestRecord, ResponseRecord, new_exchange_id
-from llmgate.http.headers import inbound_response_headers, outbound_request_headers
-from llmgate.observe import Observer
+from llmgate.call import BytesProducer, Call, classify
+from llmgate.config import GatewayConfig, RouteConfig
+from llmgate.exchange import UNPARSED, Exchange, RequestRecord, new_exchange_id
 from llmgate.pipeline import Pipeline
-from llmgate.providers import CREDENTIAL_HEADERS, Provider
-from llmgate.http.relay import ClientGone, ClientStalled, Relay, StreamIdle
-from llmgate.streamusage import UsageChunkHider, request_usage
-from llmgate.http.upstream import BODY_METHODS
-
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """
-    A request body already in memory, written in one go.  Replayable, so a
-    request can be sent again after a stale pooled connection.
-    """
-
-    replayable = True
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-def classify(failure: Failure) -> str:
-    """
-    A short name for why an upstream request failed, for errors and metrics.
-    """
-    reasons = [failure]
-    if isinstance(failure.value, client._WrapperException):
-        reasons = list(failure.value.reasons) or reasons
-    for reason in reasons:
-        if reason.check(neterror.ConnectionRefusedError):
-            return "upstream_refused"
-        if reason.check(neterror.DNSLookupError):
-            return "upstream_dns"
-        if reason.check(neterror.TimeoutError):
-            return "upstream_connect_timeout"
-        if reason.check(StreamIdle):
-            return "stream_idle"
-        if reason.check(CancelledError):
-            return "cancelled"
-        if reason.check(VerificationError, CertificateError):
-            return "upstream_tls"
-        name = type(reason.value).__module__
-        if "SSL" in name or "ssl" in name or "tls" in name:
-            return "upstream_tls"
-    return "upstream_reset"
+from llmgate.providers.registry import Shapes
+from llmgate.routing import Router, model_key
+from llmgate.upstreams import Upstream, build_upstreams
 
 
 class Forwarder:
     """
-    Forward client requests to the one configured upstream.
+    Forward client requests to the upstreams their route names, trying the
+    next one of a failover list when one fails before its answer's head.
 
     :ivar open_calls: calls in progress by exchange id, for the console,
         metrics and a graceful shutdown.
@@ -104,39 +47,54 @@ class Forwarder:
 
     def __init__(
         self,
-        agent: IAgent,
+        upstreams: Mapping[str, Upstream],
         config: GatewayConfig,
-        provider: Provider,
         pipeline: Pipeline,
         clock: IReactorTime,
         capture_limit: int = 1024 * 1024,
+        shapes: Shapes | None = None,
     ) -> None:
-        self.agent = agent
+        self.upstreams = dict(upstreams)
         self.config = config
-        self.provider = provider
         self.pipeline = pipeline
         self.clock = clock
         self.capture_limit = capture_limit
-        self.base = config.llm.base_url.encode("utf-8")
-        llm = config.llm
-        if llm.api_key is not None:
-            header = provider.auth_header
-            self.credential: tuple[bytes, bytes] | None = (
-                header,
-                provider.credential(llm.api_key),
-            )
-            self.strip = CREDENTIAL_HEADERS | {header}
-        else:
-            self.credential = None
-            # A client's gateway token is the gateway's, never the upstream's.
-            self.strip = CREDENTIAL_HEADERS if config.auth.enabled else frozenset()
-        self.defaults = provider.extra_request_headers()
+        self.shapes = shapes if shapes is not None else Shapes(opaque=_opaque_for(config))
+        self.router = Router(config.routes)
+        self.routes = []
+        for route in self.router.routes:
+            upstreams = tuple(self.upstreams[name] for name in route.config.upstreams)
+            restricted = any(u.allowed_paths for u in upstreams)
+            self.routes.append((_Route(route.config, restricted), upstreams))
         self.open_calls: dict[str, Call] = {}
-        #: Calls waiting for the head of their answer, up to ``llm.timeout``.
-        self.head_deadlines: Deadlines[Call] = Deadlines(
-            clock, config.llm.timeout, Call.head_timed_out
-        )
+        #: Calls refused here (no route, path not allowed), by reason.
+        self.refused: Counter[str] = Counter()
         self.include_stream_usage = config.usage.include_stream_usage
+
+    @classmethod
+    def with_agents(
+        cls,
+        agents: IAgent | Mapping[str, IAgent],
+        config: GatewayConfig,
+        pipeline: Pipeline,
+        clock: IReactorTime,
+        **kwargs: Any,
+    ) -> Forwarder:
+        """
+        A forwarder whose upstreams send through given agents (one for all,
+        or one per upstream name) rather than pools of their own.
+        """
+        if not isinstance(agents, Mapping):
+            agents = {name: agents for name in config.upstreams}
+        upstreams = build_upstreams(config, clock, Call.head_timed_out, agents)
+        return cls(upstreams, config, pipeline, clock, **kwargs)
+
+    def close(self) -> None:
+        """
+        Stop every head deadline's timer (the gateway is stopping).
+        """
+        for upstream in self.upstreams.values():
+            upstream.head_deadlines.close()
 
     def forward(self, request: Request) -> Deferred[None]:
         """
@@ -146,9 +104,11 @@ class Forwarder:
             returns it to Klein); cancelling it means the client went away.
         """
         body = request.content.read() if request.content is not None else b""
+        shape = self.shapes.for_path(request.path)
         exchange = Exchange(
             id=new_exchange_id(),
-            provider=self.provider.name,
+            provider=shape.name,
+            api=shape,
             request=RequestRecord(
                 method=request.method,
                 uri=request.uri,
@@ -160,306 +120,49 @@ class Forwarder:
         call = Call(self, request, exchange)
         return call.start()
 
+    def route(self, exchange: Exchange) -> tuple[_Route, tuple[Upstream, ...]] | None:
+        """
+        The route of a call and its upstreams, or None when no route matches.
+        """
+        record = exchange.request
+        route = self.router.match(
+            record.path,
+            record.headers,
+            lambda: model_key(record.body, _parsed(exchange), lambda: exchange.request_json),
+        )
+        return None if route is None else self.routes[route.index]
+
     def error_answer(self, request: Request, status: int, message: str, kind: str) -> bytes:
         """
-        Set a provider-shaped JSON error on ``request`` and return its body.
+        Set a JSON error in the call's own API shape on ``request`` and
+        return its body.
         """
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
-        return self.provider.error_body(status, message, kind)
+        return self.shapes.for_path(request.path).error_body(status, message, kind)
 
 
-class Call:
+@attrs.frozen
+class _Route:
     """
-    One client request on its way through the gateway, from the middleware
-    on the way in to the end of the relayed answer.
+    What a call needs of its route once matched.
+
+    :ivar restricted: some upstream of it has ``allowed_paths``.
     """
 
-    log = Logger()
-
-    def __init__(self, forwarder: Forwarder, request: Request, exchange: Exchange) -> None:
-        self.forwarder = forwarder
-        self.request = request
-        self.exchange = exchange
-        self.finished: Deferred[None] = Deferred(canceller=self._client_gone)
-        self._upstream: Deferred[IResponse] | None = None
-        self._timed_out = False
-        self._relay: Relay | None = None
-        self._observer: Observer | None = None
-        self._hide_usage = False
-        self._done = False
-
-    def start(self) -> Deferred[None]:
-        self.forwarder.open_calls[self.exchange.id] = self
-        answer = self.forwarder.pipeline.request_received(self.exchange)
-        if answer is None:
-            self._send()
-        elif isinstance(answer, Deferred):
-            answer.addCallback(self._after_request_hooks)
-        else:
-            self._answer_locally(answer)
-        return self.finished
-
-    def _after_request_hooks(self, answer: LocalAnswer | None) -> None:
-        if self._done:
-            return
-        if answer is None:
-            self._send()
-        else:
-            self._answer_locally(answer)
-
-    # -- upstream request ------------------------------------------------------
-
-    def _send(self) -> None:
-        forwarder = self.forwarder
-        record = self.exchange.request
-        if forwarder.include_stream_usage and forwarder.provider.name == "openai":
-            changed = request_usage(record.path, self.exchange.request_json)
-            if changed is not None:
-                # The client's stream stays as it would have been.
-                self._hide_usage = True
-                record.body = changed
-        headers = outbound_request_headers(
-            record.headers, forwarder.credential, forwarder.strip, forwarder.defaults
-        )
-        body = record.body
-        producer = BytesProducer(body) if body or record.method in BODY_METHODS else None
-        self.exchange.sent_at = forwarder.clock.seconds()
-        try:
-            self._upstream = forwarder.agent.request(
-                record.method, forwarder.base + record.uri, headers, producer
-            )
-        except Exception:
-            self._request_failed(Failure())
-            return
-        forwarder.head_deadlines.start(self)
-        self._upstream.addCallbacks(self._got_response, self._request_failed)
-
-    def head_timed_out(self) -> None:
-        """
-        No head of an answer came within ``llm.timeout``.
-        """
-        self._timed_out = True
-        if self._upstream is not None:
-            self._upstream.cancel()
-
-    def _request_failed(self, failure: Failure) -> None:
-        self._upstream = None
-        if self._done:
-            return
-        self._stop_head_deadline()
-        exchange = self.exchange
-        if self._timed_out:
-            kind, status = "upstream_timeout", 504
-            message = (
-                f"upstream sent no response within {self.forwarder.config.llm.timeout:g}s"
-            )
-        else:
-            kind, status = classify(failure), 502
-            message = f"upstream unreachable ({kind.replace('_', ' ')})"
-        exchange.error, exchange.error_kind = message, kind
-        self.log.warn(
-            "{method} {path} failed: {kind}",
-            method=exchange.request.method.decode("ascii", "replace"),
-            path=exchange.request.path.decode("ascii", "replace"),
-            kind=kind,
-            exchange_id=exchange.id,
-        )
-        exchange.sent_status = status
-        body = self.forwarder.error_answer(self.request, status, message, kind)
-        self._write_and_finish(body)
-
-    # -- the answer -------------------------------------------------------------
-
-    def _got_response(self, response: IResponse) -> None:
-        self._upstream = None
-        self._stop_head_deadline()
-        forwarder = self.forwarder
-        exchange = self.exchange
-        exchange.upstream_headers_at = forwarder.clock.seconds()
-        content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
-        record = ResponseRecord(
-            status=response.code,
-            headers=inbound_response_headers(response.headers),
-            streaming=content_type.lower().startswith(b"text/event-stream"),
-        )
-        exchange.response = record
-        forwarder.pipeline.response_started(exchange)
-        request = self.request
-        request.setResponseCode(record.status, response.phrase)
-        set_header = request.responseHeaders.setRawHeaders
-        for name, values in record.headers:
-            set_header(name, values)
-        rewrite = UsageChunkHider() if self._hide_usage and record.streaming else None
-        if (
-            rewrite is None
-            and isinstance(response.length, int)
-            and request.method != b"HEAD"
-            and record.status not in (204, 304)
-        ):
-            # Twisted's client keeps Content-Length out of the headers; pass
-            # it on so the client gets the body framed as the upstream sent it.
-            set_header(b"content-length", [b"%d" % (response.length,)])
-        if exchange.session_id is not None:
-            set_header(b"x-llmgate-session-id", [exchange.session_id.encode("ascii")])
-        self._observer = observer = Observer(
-            exchange, record, forwarder.pipeline, forwarder.clock, forwarder.capture_limit
-        )
-        whole = getattr(response, "complete_body", None)
-        body = whole() if whole is not None and rewrite is None else None
-        if body is not None:
-            # The whole answer came with its head: no stream to relay.
-            exchange.headers_relayed_at = forwarder.clock.seconds()
-            if body:
-                request.write(body)
-                observer(body)
-            self._finish()
-            return
-        self._relay = relay = Relay(
-            request, forwarder.clock, forwarder.config.llm.idle_timeout, observer, rewrite
-        )
-        exchange.headers_relayed_at = forwarder.clock.seconds()
-        relay.done.addCallback(self._relay_ended)
-        response.deliverBody(relay)
-
-    def _relay_ended(self, reason: BaseException | None) -> None:
-        if self._done:
-            return
-        exchange = self.exchange
-        if reason is None:
-            self._finish()
-            return
-        if isinstance(reason, ClientGone):
-            # The channel is closing: the request must not be finished.
-            exchange.client_gone = True
-            exchange.error, exchange.error_kind = "client disconnected", "client_gone"
-            self._complete()
-            return
-        if isinstance(reason, ClientStalled):
-            # It reads nothing, so no end of the answer could reach it: cut it.
-            exchange.client_gone = True
-            exchange.error, exchange.error_kind = str(reason), "client_stalled"
-            self._warn(f"{reason}; connection closed")
-            self._cut_client()
-            return
-        kind = classify(Failure(reason))
-        record = exchange.response
-        if kind == "stream_idle":
-            message = f"upstream stream idle for {self.forwarder.config.llm.idle_timeout:g}s"
-        else:
-            message = "upstream connection lost mid-answer"
-        exchange.error, exchange.error_kind = message, kind
-        self._warn(message)
-        if record is not None and record.streaming:
-            # The SDKs raise on this event; the stream then ends.
-            self.request.write(self.forwarder.provider.error_event(message, kind))
-            self._finish()
-        else:
-            # A plain body cut short: end the client's connection without the
-            # terminating chunk, so it cannot mistake this for a whole answer.
-            self._cut_client()
-
-    def _warn(self, message: str) -> None:
-        request = self.exchange.request
-        self.log.warn(
-            "{method} {path}: {message}",
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace"),
-            message=message,
-            exchange_id=self.exchange.id,
-        )
-
-    def _cut_client(self) -> None:
-        """
-        End the exchange and abort the client's connection mid-answer.
-        """
-        self._complete()
-        self.request.channel.transport.abortConnection()
-
-    # -- endings ---------------------------------------------------------------
-
-    def _answer_locally(self, answer: LocalAnswer) -> None:
-        if self._done:
-            return
-        self.request.setResponseCode(answer.status)
-        for name, value in answer.headers:
-            self.request.setHeader(name, value)
-        self.exchange.response = ResponseRecord(
-            status=answer.status, headers=[(n, [v]) for n, v in answer.headers]
-        )
-        self.exchange.response.body += answer.body
-        self._write_and_finish(answer.body)
-
-    def _write_and_finish(self, body: bytes) -> None:
-        self.request.setHeader(b"content-length", b"%d" % (len(body),))
-        if self.exchange.session_id is not None:
-            self.request.setHeader(
-                b"x-llmgate-session-id", self.exchange.session_id.encode("ascii")
-            )
-        self.request.write(body)
-        self._finish()
-
-    def _finish(self) -> None:
-        """
-        The answer is complete: Klein finishes the request when ``finished``
-        fires.
-        """
-        if self._complete():
-            self.finished.callback(None)
-
-    def _complete(self) -> bool:
-        if self._done:
-            return False
-        self._done = True
-        self._stop_head_deadline()
-        exchange = self.exchange
-        exchange.ended_at = self.forwarder.clock.seconds()
-        if self._observer is not None:
-            self._observer.finish()
-        self.forwarder.open_calls.pop(exchange.id, None)
-        self.forwarder.pipeline.exchange_finished(exchange)
-        return True
-
-    def _client_gone(self, finished: Deferred[None]) -> None:
-        """
-        The root resource cancelled ``finished``: the client disconnected.
-        Stop the upstream request at once, whatever stage it is in.
-        """
-        if self._done:
-            return
-        self.exchange.client_gone = True
-        if self.exchange.error is None:
-            self._stop("client disconnected", "client_gone")
-        else:
-            self._stop(self.exchange.error, self.exchange.error_kind or "client_gone")
-
-    def abort(self) -> None:
-        """
-        Cut the call (shutdown timeout): the client's connection is closed
-        and the upstream request dropped.
-        """
-        if self._done:
-            return
-        self._stop("gateway shutting down", "shutdown")
-        transport = getattr(self.request.channel, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
-
-    def _stop(self, error: str, kind: str) -> None:
-        """
-        End the exchange with ``error`` and drop the upstream side.
-        """
-        self.exchange.error, self.exchange.error_kind = error, kind
-        upstream, self._upstream = self._upstream, None
-        relay = self._relay
-        self._complete()
-        if upstream is not None:
-            upstream.cancel()
-        if relay is not None:
-            relay.stop()
-
-    def _stop_head_deadline(self) -> None:
-        self.forwarder.head_deadlines.stop(self)
+    config: RouteConfig
+    restricted: bool
 
 
-__all__ = ["Forwarder", "Call", "BytesProducer", "Headers"]
+def _parsed(exchange: Exchange) -> Any:
+    parsed = exchange.parsed_request_json()
+    return None if parsed is UNPARSED else parsed
+
+
+def _opaque_for(config: GatewayConfig) -> Any:
+    from llmgate.providers.registry import OPAQUE, OPAQUE_ANTHROPIC
+
+    return OPAQUE_ANTHROPIC if config.llm.type == "anthropic" else OPAQUE
+
+
+__all__ = ["Forwarder", "Call", "BytesProducer", "classify"]

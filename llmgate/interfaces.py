@@ -53,6 +53,13 @@ class IMiddleware(Interface):
         The exchange ended: answered, failed (``exchange.error`` says why), or
         abandoned by the client.  Timings, usage and the captured body or
         events are final.
+
+        ``exchange.attempts`` then lists every upstream attempt in order
+        (:class:`llmgate.exchange.Attempt`: upstream name, ``host:port``,
+        outcome, start and end times, status), so a middleware that wants a
+        span per attempt builds them here, from their times.  At
+        :meth:`response_started` the list is already final too: the last
+        attempt is the one answering, ``exchange.upstream`` names it.
         """
 
     def close():
@@ -142,4 +149,80 @@ class ISessionStore(Interface):
         """
         A mapping of counters for ``/metrics``: ``active_sessions``,
         ``sessions_created``, ``sessions_expired``, ``sessions_evicted``.
+        """
+
+
+class IApiShape(Interface):
+    """
+    One LLM API as a client speaks it (OpenAI chat completions, OpenAI
+    Responses, Anthropic messages...): how a call of it is recognised, and
+    how its requests, answers, usage and errors are read and written.
+
+    The gateway decides a call's shape from its path alone, before anything
+    else, and reads the whole call by that shape whatever upstream answers
+    it.  Built-in shapes live in ``llmgate/providers/``, one module each; a
+    package adds one by shipping a Twisted plugin (a module in a
+    ``twisted/plugins/`` directory) whose object provides this interface.
+    Every method is pure and must never raise on any input: a surprising
+    call or answer must not break the relay.
+    """
+
+    name = Attribute("A short unique name (``openai-chat``), for traces, logs and metrics.")
+    system = Attribute(
+        "The GenAI system it belongs to (``openai``, ``anthropic``): the family "
+        "whose error shape it writes, and the ``gen_ai_system`` metric label."
+    )
+    priority = Attribute(
+        "Shapes are asked in descending priority; the built-in ones use 0 to "
+        "100, so a plugin can come before (more) or after them."
+    )
+
+    def recognises(path):
+        """
+        Whether a call to ``path`` (bytes, without the query) is of this shape.
+        """
+
+    def history(body):
+        """
+        The conversation a request carries, reduced for session detection.
+
+        :param body: the request body parsed as JSON (any value).
+        :return: a :class:`llmgate.sessions.canonical.History`, or None when
+            the request carries no conversation.
+        """
+
+    def answer_from_body(document):
+        """
+        The assistant message of a plain JSON answer (parsed), in the shape a
+        client sends back in its next history; None when it is not one.
+        """
+
+    def stream_answer():
+        """
+        A new reassembler of a streamed answer: an object with
+        ``feed(event)`` (called for every :class:`llmgate.sse.ServerSentEvent`)
+        and ``result()`` (the message as :meth:`answer_from_body` gives it,
+        or None).
+        """
+
+    def usage_from_body(document):
+        """
+        The :class:`llmgate.usage.Usage` of a plain JSON answer, or None.
+        """
+
+    def stream_usage():
+        """
+        A new reader of a stream's usage: ``feed(event)`` and ``result()``.
+        """
+
+    def error_body(status, message, code=None):
+        """
+        A JSON error body in this API's own shape (bytes), so a client's SDK
+        raises its usual exception with the gateway's message.
+        """
+
+    def error_event(message, code=None):
+        """
+        One SSE event (bytes) that ends a broken stream visibly for this
+        API's SDKs.
         """

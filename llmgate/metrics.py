@@ -29,7 +29,9 @@ MAX_MODELS = 100
 OTHER_MODEL = "other"
 
 #: Error kinds that are the gateway's own decisions, not upstream failures.
-LOCAL_KINDS = frozenset({"client_gone", "client_stalled", "unauthorized", "shutdown"})
+LOCAL_KINDS = frozenset(
+    {"client_gone", "client_stalled", "unauthorized", "shutdown", "no_route", "forbidden_path"}
+)
 
 #: Latency samples kept per summary, for the JSON view's percentiles.
 RESERVOIR = 2048
@@ -153,8 +155,10 @@ class Metrics(Middleware):
     def __init__(self, worker: str = "0", sources: Mapping[str, Callable[[], Any]] | None = None) -> None:
         self.worker = worker
         self.sources = dict(sources or {})
-        self.requests: Counter[tuple[str, str, str]] = Counter()
-        self.errors: Counter[str] = Counter()
+        #: By (GenAI system, model, status class, upstream, API shape).
+        self.requests: Counter[tuple[str, str, str, str, str]] = Counter()
+        #: By (kind, upstream).
+        self.errors: Counter[tuple[str, str]] = Counter()
         self.tokens: Counter[tuple[str, str]] = Counter()
         self.client_disconnects = 0
         self.duration = Summary()
@@ -171,12 +175,16 @@ class Metrics(Middleware):
 
     def exchange_finished(self, exchange: Exchange) -> None:
         model = self._model(exchange.model)
-        provider = exchange.provider
-        self.requests[(provider, model, status_class(exchange))] += 1
+        api = exchange.api
+        provider = api.system if api is not None else exchange.provider
+        upstream = exchange.upstream or "none"
+        self.requests[
+            (provider, model, status_class(exchange), upstream, exchange.provider)
+        ] += 1
         if exchange.client_gone:
             self.client_disconnects += 1
         elif exchange.error_kind is not None and exchange.error_kind not in LOCAL_KINDS:
-            self.errors[exchange.error_kind] += 1
+            self.errors[(exchange.error_kind, upstream)] += 1
         figures = self.by_model.get((provider, model))
         if figures is None:
             figures = self.by_model[(provider, model)] = ModelFigures()
@@ -226,10 +234,17 @@ class Metrics(Middleware):
         by_provider: Counter[str] = Counter()
         by_model: Counter[str] = Counter()
         by_status: Counter[str] = Counter()
-        for (provider, model, klass), count in self.requests.items():
+        by_upstream: Counter[str] = Counter()
+        by_api: Counter[str] = Counter()
+        for (provider, model, klass, upstream, api), count in self.requests.items():
             by_provider[provider] += count
             by_model[model] += count
             by_status[klass] += count
+            by_upstream[upstream] += count
+            by_api[api] += count
+        errors: Counter[str] = Counter()
+        for (kind, _), count in self.errors.items():
+            errors[kind] += count
         tokens: dict[str, dict[str, int]] = {}
         for (model, kind), count in self.tokens.items():
             tokens.setdefault(model, {"input": 0, "output": 0})[kind] = count
@@ -241,7 +256,10 @@ class Metrics(Middleware):
                 "by_provider": dict(by_provider),
                 "by_model": dict(by_model),
                 "by_status_class": dict(by_status),
+                "by_upstream": dict(by_upstream),
+                "by_api": dict(by_api),
             },
+            "upstreams": self._live("upstreams", {}),
             "requests_in_flight": self._live("in_flight", 0),
             "streams_open": self._live("streams_open", 0),
             "latency": {
@@ -250,7 +268,7 @@ class Metrics(Middleware):
                 "overhead": self.overhead.view(),
             },
             "tokens": tokens,
-            "upstream_errors": dict(self.errors),
+            "upstream_errors": dict(errors),
             "client_disconnects": self.client_disconnects,
             "requests_refused": dict(self._live("refused", {})),
             "traces": {
@@ -318,13 +336,19 @@ def _counted(metrics: Metrics) -> Iterable[Any]:
     What :meth:`Metrics.exchange_finished` counted.
     """
     requests = CounterMetricFamily(
-        "llmgate_requests", "Calls relayed, by provider, model and status class.",
-        labels=["provider", "model", "status_class"],
+        "llmgate_requests",
+        "Calls relayed, by provider, model, status class, upstream and API shape.",
+        labels=["provider", "model", "status_class", "upstream", "api"],
     )
     for labels, count in metrics.requests.items():
         requests.add_metric(list(labels), count)
     yield requests
-    yield _counters("llmgate_upstream_errors", "Failed calls by kind.", "kind", metrics.errors)
+    errors = CounterMetricFamily(
+        "llmgate_upstream_errors", "Failed calls by kind and upstream.", labels=["kind", "upstream"]
+    )
+    for labels, count in metrics.errors.items():
+        errors.add_metric(list(labels), count)
+    yield errors
     yield _counter(
         "llmgate_client_disconnects",
         "Calls the client left, or stopped reading, before the answer ended.",
@@ -386,6 +410,24 @@ def _live(metrics: Metrics) -> Iterable[Any]:
         "llmgate_middleware_errors", "Middleware hooks that raised.", "middleware",
         view["middleware_errors"],
     )
+    upstreams = view["upstreams"]
+    if upstreams:
+        attempts = CounterMetricFamily(
+            "llmgate_upstream_attempts", "Tries at each upstream, by outcome.",
+            labels=["upstream", "outcome"],
+        )
+        healthy = GaugeMetricFamily(
+            "llmgate_upstream_healthy", "1 unless ejected for failing.", labels=["upstream"]
+        )
+        ejections = CounterMetricFamily(
+            "llmgate_upstream_ejections", "Times each upstream was ejected.", labels=["upstream"]
+        )
+        for name, state in upstreams.items():
+            for outcome, count in state["attempts"].items():
+                attempts.add_metric([name, outcome], count)
+            healthy.add_metric([name], 1 if state["healthy"] else 0)
+            ejections.add_metric([name], state["ejections"])
+        yield from (attempts, healthy, ejections)
     stalls = metrics._live("stalls", None)
     if stalls is not None:
         pauses = HistogramMetricFamily(

@@ -15,7 +15,8 @@ from twisted.logger import Logger
 from llmgate.exchange import Exchange, ResponseRecord
 from llmgate.pipeline import Pipeline
 from llmgate.sse import SSEError, SSEParser
-from llmgate.usage import StreamUsage, usage_from_body
+from llmgate.providers.registry import shape_named
+from llmgate.usage import usage_from_body
 
 
 class Observer:
@@ -51,7 +52,8 @@ class Observer:
         self._room = capture_limit
         self._decoder = _decoder_for(record.header(b"content-encoding"))
         self._parser = SSEParser() if record.streaming else None
-        self._usage = StreamUsage(exchange.provider) if record.streaming else None
+        shape = exchange.api if exchange.api is not None else shape_named(exchange.provider)
+        self._usage = shape.stream_usage() if record.streaming else None
 
     def __call__(self, data: bytes) -> None:
         exchange = self._exchange
@@ -108,7 +110,10 @@ class Observer:
         else:
             document = self._record.document()
             if document is not None:
-                usage = usage_from_body(self._exchange.provider, document)
+                exchange = self._exchange
+                usage = usage_from_body(
+                    exchange.api if exchange.api is not None else exchange.provider, document
+                )
         if usage is not None:
             self._exchange.usage = usage.as_dict()
 

@@ -24,7 +24,7 @@ from llmgate import __version__, systemd
 from llmgate.app import Gateway
 from llmgate.config import ConfigError, GatewayConfig
 from llmgate.auth import AuthStage
-from llmgate.forward import Forwarder
+from llmgate.forward import Call, Forwarder
 from llmgate.logs import make_observer
 from llmgate.metrics import Metrics
 from llmgate.middleware.registry import build_middlewares
@@ -34,8 +34,9 @@ from llmgate.http.server import GatewaySite
 from llmgate.sessions.detect import SessionDetector
 from llmgate.sessions.memory import MemorySessionStore
 from llmgate.sessions.stage import SessionStage
+from llmgate.providers.registry import with_plugins
+from llmgate.upstreams import build_upstreams
 from llmgate.stalls import StallWatch
-from llmgate.http.upstream import make_upstream, tls_policy
 
 
 def make_session_store(config: GatewayConfig, reactor: Any) -> Any:
@@ -82,10 +83,10 @@ class GatewayParts:
     def __init__(self, config: GatewayConfig, reactor: Any, worker: int | str = 0) -> None:
         self.config = config
         self.reactor = reactor
+        #: The default upstream's conventions: errors written before a call's
+        #: path is read (413, 408) take its type's shape.
         self.provider = provider_for(config.llm.type, config.llm.auth_header)
-        self.pool, self.agent = make_upstream(
-            reactor, config, tls_policy(config.llm.ca_file, config.llm.tls_verify)
-        )
+        self.upstreams = build_upstreams(config, reactor, Call.head_timed_out)
         self.middlewares = build_middlewares(config, reactor)
         self.sessions: SessionStage | None = None
         self.stalls = StallWatch(reactor)
@@ -102,6 +103,7 @@ class GatewayParts:
             worker=str(worker),
             sources={
                 "in_flight": lambda: len(self.forwarder.open_calls),
+                "upstreams": self.upstream_states,
                 "streams_open": self._streams_open,
                 "refused": self._refused,
                 "middleware_errors": lambda: self.pipeline.errors,
@@ -116,7 +118,11 @@ class GatewayParts:
             stages.append(self.metrics)
         self.pipeline = Pipeline([*stages, *self.middlewares])
         self.forwarder = Forwarder(
-            self.agent, config, self.provider, self.pipeline, reactor
+            self.upstreams,
+            config,
+            self.pipeline,
+            reactor,
+            shapes=with_plugins(config.llm.type),
         )
         self.gateway = Gateway(
             self.forwarder,
@@ -149,7 +155,32 @@ class GatewayParts:
             listed.append({"type": spec.type, "enabled": spec.enabled, "state": state})
         view["middlewares"] = listed
         view["sessions"] = dict(self.sessions.state()) if self.sessions else None
+        view["api_shapes"] = self.forwarder.shapes.describe()
+        for name, state in self.upstream_states().items():
+            view["upstreams"][name]["state"] = state
         return view
+
+    @property
+    def pool(self) -> Any:
+        """
+        The default upstream's connection pool (with ``llm:``, the only one).
+        """
+        return next(u.pool for u in self.upstreams.values() if u.config is self.config.llm)
+
+    def upstream_states(self) -> dict[str, dict[str, Any]]:
+        """
+        Each upstream's health and attempts by outcome.
+        """
+        return {name: u.state() for name, u in self.upstreams.items()}
+
+    def close_pools(self) -> Deferred[Any]:
+        return gatherResults(
+            [
+                maybeDeferred(u.pool.closeCachedConnections)
+                for u in self.upstreams.values()
+                if u.pool is not None
+            ]
+        )
 
     def _state_of(self, middleware: Any) -> dict[str, Any]:
         try:
@@ -163,6 +194,7 @@ class GatewayParts:
     def _refused(self) -> dict[str, int]:
         refused = dict(self.site.refused)
         refused.update(self.gateway.refused)
+        refused.update(self.forwarder.refused)
         if self.auth is not None:
             refused["unauthorized"] = self.auth.refused
         return refused
@@ -245,8 +277,8 @@ class GatewayService(MultiService):
             "config": parts.config_view(),
             "sessions": parts.sessions.detector.store if parts.sessions else None,
             "metrics": parts.metrics.json_view,
+            "upstreams": parts.upstreams,
             "stalls": parts.stalls,
-            "pool": parts.pool,
             "exchanges": parts.forwarder.open_calls,
             "service": self,
             "reactor": self.reactor,
@@ -271,16 +303,20 @@ class GatewayService(MultiService):
 
     def _ready(self) -> None:
         config = self.config
-        if config.server.allow_open_relay and config.llm.api_key and not config.auth.enabled:
+        injects = any(u.api_key for u in config.upstreams.values())
+        if config.server.allow_open_relay and injects and not config.auth.enabled:
             self.log.warn(
                 "server.allow_open_relay is set: anyone who can reach {listen} spends "
                 "the injected key",
                 listen=config.server.endpoint(),
             )
-        if not config.llm.tls_verify:
-            self.log.warn(
-                "llm.tls_verify is false: the upstream's certificate is not checked"
-            )
+        for name, upstream in config.upstreams.items():
+            if not upstream.tls_verify:
+                self.log.warn(
+                    "tls_verify is false for upstream {upstream}: its certificate is not "
+                    "checked",
+                    upstream=name,
+                )
         traces = [
             m.state().get("directory") for m in self.parts.middlewares if m.name == "trace"
         ]
@@ -291,9 +327,11 @@ class GatewayService(MultiService):
             version=__version__,
             worker=self.worker,
             listen=config.server.endpoint(),
-            upstream=_without_userinfo(config.llm.base_url),
-            provider=config.llm.type,
-            key="injected" if config.llm.api_key else "from clients",
+            upstream=", ".join(
+                f"{name} {_without_userinfo(u.base_url)}" for name, u in config.upstreams.items()
+            ),
+            provider=", ".join(sorted({u.type for u in config.upstreams.values()})),
+            key="injected" if injects else "from clients",
             middleware=", ".join(m.type for m in config.middlewares if m.enabled) or "none",
             traces=", ".join(str(t) for t in traces) or "off",
             console=config.manhole.listen if config.manhole.enabled else "off",
@@ -332,9 +370,9 @@ class GatewayService(MultiService):
         self.parts.stalls.stop()
         d = maybeDeferred(self.listener.stopService)
         d.addCallback(lambda _: self._drain())
-        d.addCallback(lambda _: self.parts.forwarder.head_deadlines.close())
+        d.addCallback(lambda _: self.parts.forwarder.close())
         d.addCallback(lambda _: self.parts.pipeline.close())
-        d.addCallback(lambda _: self.parts.pool.closeCachedConnections())
+        d.addCallback(lambda _: self.parts.close_pools())
         d.addCallback(lambda _: self._stop_others())
         d.addErrback(lambda f: self.log.failure("error while stopping", f))
         return d

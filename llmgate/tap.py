@@ -109,11 +109,19 @@ def summary(config: configuration.GatewayConfig) -> str:
         if session.enabled
         else "off"
     )
+    from llmgate.routing import Router
+
+    upstreams = "".join(
+        f"  upstream {name}: {configuration._redact_url(up.base_url)} ({up.type}, key "
+        f"{'configured' if up.api_key else 'from clients'})\n"
+        for name, up in config.upstreams.items()
+    )
+    routes = "".join(f"  route {line}\n" for line in Router(config.routes).table())
     return (
         f"configuration OK: listen {config.server.endpoint()} -> "
         f"{config.llm.base_url} ({config.llm.type}, key "
         f"{'configured' if config.llm.api_key else 'from clients'}); "
-        f"middleware: {middleware}; sessions {sessions}\n"
+        f"middleware: {middleware}; sessions {sessions}\n{upstreams}{routes}"
     )
 
 
@@ -148,7 +156,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     log_open_files(
         raise_open_files_limit(),
         config.server.max_concurrent,
-        config.llm.max_idle_connections,
+        sum(up.max_idle_connections for up in config.upstreams.values()),
         log,
     )
     number = worker_number()

@@ -1,5 +1,7 @@
 """
-Token usage reported by the upstream, in one shape whatever the provider.
+Token usage reported by the upstream, in one shape whatever the provider;
+each API shape (``llmgate/providers/``) says which of these readers its
+answers need.
 
 Read from a plain JSON answer, or from a stream event by event: OpenAI chat
 completions send it in a last chunk (when the client asked for it with
@@ -93,7 +95,7 @@ def _count(mapping: Any, key: str) -> int | None:
     return None
 
 
-def _openai_usage(usage: Any) -> Usage | None:
+def openai_usage(usage: Any) -> Usage | None:
     """
     A chat completions ``usage`` (``prompt_tokens``...) or a Responses API
     one (``input_tokens``...); None when it has neither.
@@ -141,23 +143,41 @@ def _anthropic_usage(counts: dict[str, int]) -> Usage | None:
     )
 
 
-def usage_from_body(provider: str, body: bytes | bytearray | Any) -> Usage | None:
+def anthropic_usage(usage: Any) -> Usage | None:
+    """
+    An Anthropic ``usage`` object, normalised.
+    """
+    return _anthropic_usage(_anthropic_counts(usage))
+
+
+def any_usage(document: Any) -> Usage | None:
+    """
+    The usage of an answer of no known shape: OpenAI's field names, else
+    Anthropic's.
+    """
+    if not isinstance(document, dict):
+        return None
+    usage = document.get("usage")
+    return openai_usage(usage) or anthropic_usage(usage)
+
+
+def usage_from_body(shape: Any, body: bytes | bytearray | Any) -> Usage | None:
     """
     The usage in a plain JSON answer.
 
-    :param provider: ``anthropic``; anything else is read as OpenAI-compatible
-        (chat completions or Responses API, told apart by their field names).
+    :param shape: the call's API shape or its name (``anthropic`` and
+        ``openai`` read the family's fields).
     :param body: the answer's bytes, or the answer already parsed.
     :return: the usage, or None when the body is not an answer with usage
         (an error, a truncated capture, another shape).
     """
+    from llmgate.providers.registry import shape_named
+
     try:
         document = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
         if not isinstance(document, dict):
             return None
-        if provider == "anthropic":
-            return _anthropic_usage(_anthropic_counts(document.get("usage")))
-        return _openai_usage(document.get("usage"))
+        return shape_named(shape).usage_from_body(document)
     except Exception:
         return None
 
@@ -238,9 +258,9 @@ class StreamUsage:
             return
         response = document.get("response")
         if isinstance(response, dict):
-            usage = _openai_usage(response.get("usage"))
+            usage = openai_usage(response.get("usage"))
         else:
-            usage = _openai_usage(document.get("usage"))
+            usage = openai_usage(document.get("usage"))
         if usage is not None:
             self._result = usage
 

@@ -84,7 +84,8 @@ def make_gateway(upstream: Running) -> Iterator[Callable[..., Running]]:
 
     def start(document: dict[str, Any] | None = None, **fields: Any) -> Running:
         document = document or {}
-        document.setdefault("llm", {}).setdefault("base_url", upstream.url)
+        if "upstreams" not in document:
+            document.setdefault("llm", {}).setdefault("base_url", upstream.url)
         for name, value in fields.items():
             section, key = name.split("__")
             document.setdefault(section, {})[key] = value
@@ -102,4 +103,4 @@ def make_gateway(upstream: Running) -> Iterator[Callable[..., Running]]:
         pytest_twisted.blockon(running.port.stopListening())
         assert running.parts is not None
         pytest_twisted.blockon(running.parts.pipeline.close())
-        pytest_twisted.blockon(running.parts.pool.closeCachedConnections())
+        pytest_twisted.blockon(running.parts.close_pools())

@@ -1235,6 +1235,62 @@ def coverage(outcomes: Sequence[Outcome]) -> str:
     )
 
 
+# -- mixed traffic through one gateway -----------------------------------------------------
+
+#: The API of a call, by its path's end (a failing call's path is prefixed).
+APIS = (
+    ("anthropic", PATHS["count_tokens"]),
+    ("anthropic", PATHS["messages"]),
+    ("openai-chat", PATHS["chat"]),
+    ("openai-responses", PATHS["responses"]),
+)
+
+
+def api_of(call: Call) -> str:
+    return next(api for api, path in APIS if call.path.endswith(path))
+
+
+def score_by_api(outcomes: Sequence[Outcome]) -> dict[str, Score]:
+    """
+    Precision and recall per API, over the pairs where at least one call is
+    of that API (as :func:`score` does per scenario).
+    """
+    labelled = [o for o in outcomes if o.session_id is not None]
+    items = [(o.call.conversation_id, o.session_id) for o in labelled]
+    total = _counts(items)  # type: ignore[arg-type]
+    scores = {}
+    for api in sorted({api_of(o.call) for o in labelled}):
+        rest = _counts(
+            [(o.call.conversation_id, o.session_id) for o in labelled if api_of(o.call) != api]  # type: ignore[misc]
+        )
+        calls = sum(1 for o in labelled if api_of(o.call) == api)
+        scores[api] = Score(calls, *(a - b for a, b in zip(total, rest)))
+    return scores
+
+
+def mixed_topologies(openai_url: str, anthropic_url: str) -> dict[str, dict[str, Any]]:
+    """
+    The two configurations one gateway serves mixed traffic with: ``routed``
+    sends each API to an upstream of its own type; ``single`` has one
+    ``type: openai`` upstream that answers every API (vLLM, llama.cpp,
+    LiteLLM do).
+    """
+    return {
+        "routed": {
+            "upstreams": {
+                "openai": {"type": "openai", "base_url": openai_url},
+                "anthropic": {"type": "anthropic", "base_url": anthropic_url},
+            },
+            "routes": [
+                {"path": "/v1/messages", "upstream": "anthropic"},
+                {"path": "/fail/v1/messages", "upstream": "anthropic"},
+                {"upstream": "openai"},
+            ],
+        },
+        "single": {"llm": {"type": "openai", "base_url": openai_url}},
+    }
+
+
 # -- replay over HTTP ----------------------------------------------------------------------
 
 
@@ -1304,8 +1360,11 @@ __all__ = [
     "Simulation",
     "SimulationError",
     "SCENARIOS",
+    "api_of",
     "coverage",
     "explain",
+    "mixed_topologies",
+    "score_by_api",
     "replay",
     "score",
     "table",

@@ -355,3 +355,22 @@ def test_deeply_nested_tool_results_do_not_raise() -> None:
     message = {"role": "user", "content": content}
     reduce_message("anthropic", message)
     answer_digests("anthropic", message)
+
+
+reduced_values = st.recursive(
+    st.text() | st.sampled_from(["\ud800", "a\udfffb", "\x00\x1f\x7f\u2028", '"\\/'])
+    | st.integers(-(2**70), 2**70),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner),
+    max_leaves=12,
+)
+
+
+@SETTINGS
+@given(reduced=reduced_values)
+def test_canonical_bytes_are_the_standard_librarys_byte_for_byte(reduced: Any) -> None:
+    # Digests a Redis store holds were made from json.dumps: the fast path
+    # must give the very same bytes, or every stored session is lost.
+    from llmgate.sessions.canonical import canonical_bytes
+
+    expected = json.dumps(reduced, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_bytes(reduced) == expected.encode("utf-8", "surrogatepass")

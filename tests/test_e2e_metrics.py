@@ -204,6 +204,8 @@ def test_metrics_after_a_known_sequence_are_exact_in_json_and_prometheus(
         # The mid-stream death answered 200 before it died; the timeout had
         # no upstream answer at all (the client got the gateway's 504).
         "by_status_class": {"2xx": 6, "4xx": 1, "5xx": 1},
+        "by_upstream": {"default": 8},
+        "by_api": {"openai-chat": 5, "opaque": 3},
     }
     assert view["upstream_errors"] == {"upstream_reset": 1, "upstream_timeout": 1}
     # Three plain answers and the stream that asked for usage: 4 x (11, 7).
@@ -231,16 +233,19 @@ def test_metrics_after_a_known_sequence_are_exact_in_json_and_prometheus(
     assert by_query[0].startswith("text/plain")
     assert by_accept[0].startswith("application/openmetrics-text")
     for content_type, values in (by_query, by_accept):
-        series = {
-            labels: value for (name, labels), value in values.items() if name == "llmgate_requests_total"
-        }
+        series: dict[frozenset, float] = {}
+        for (name, labels), value in values.items():
+            if name == "llmgate_requests_total":
+                assert dict(labels)["upstream"] == "default"
+                key = frozenset(kv for kv in labels if kv[0] not in ("upstream", "api"))
+                series[key] = series.get(key, 0.0) + value
         assert series == {
             frozenset({("provider", "openai"), ("model", MODEL), ("status_class", "2xx")}): 6.0,
             frozenset({("provider", "openai"), ("model", MODEL), ("status_class", "4xx")}): 1.0,
             frozenset({("provider", "openai"), ("model", MODEL), ("status_class", "5xx")}): 1.0,
         }, content_type
         errors = {
-            dict(labels)["kind"]: value
+            dict(labels)["kind"]: value  # one upstream: one series per kind
             for (name, labels), value in values.items()
             if name == "llmgate_upstream_errors_total"
         }

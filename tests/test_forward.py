@@ -49,8 +49,8 @@ class Harness:
         self.config = parse({"llm": llm})
         self.provider = provider_for(self.config.llm.type, self.config.llm.auth_header)
         self.pipeline = Pipeline(middlewares or [])
-        self.forwarder = Forwarder(
-            agent or self.upstream_agent, self.config, self.provider, self.pipeline, self.clock
+        self.forwarder = Forwarder.with_agents(
+            agent or self.upstream_agent, self.config, self.pipeline, self.clock
         )
         gateway = Gateway(self.forwarder, lambda: {}, lambda: {})
         self.client = StubTreq(gateway.resource())
@@ -136,7 +136,7 @@ class ForwardingTests(SynchronousTestCase):
     def test_the_path_and_query_reach_the_upstream_unchanged(self) -> None:
         harness = Harness(base_url="http://upstream.invalid/prefix")
         agent = ScriptedAgent(Deferred())
-        harness.forwarder.agent = agent
+        harness.forwarder.upstreams["default"].agent = agent
         harness.client.get("http://gateway.invalid/v1/models?limit=2&x=%20y")
         harness.flush()
         self.assertEqual(

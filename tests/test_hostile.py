@@ -185,7 +185,7 @@ def target(tmp_path_factory: Any) -> Iterator[Target]:
     globalLogPublisher.removeObserver(observe)
     pytest_twisted.blockon(port.stopListening())
     pytest_twisted.blockon(parts.pipeline.close())
-    pytest_twisted.blockon(parts.pool.closeCachedConnections())
+    pytest_twisted.blockon(parts.close_pools())
     pytest_twisted.blockon(upstream_port.stopListening())
 
 

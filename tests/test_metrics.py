@@ -149,7 +149,7 @@ class CountingTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(
-            dict(self.metrics.requests),
+            {key[:3]: count for key, count in self.metrics.requests.items()},
             {
                 ("openai", "gpt-a", "2xx"): 2,
                 ("openai", "gpt-b", "4xx"): 1,
@@ -168,6 +168,8 @@ class CountingTests(SynchronousTestCase):
                 "by_provider": {"openai": 4, "anthropic": 3},
                 "by_model": {"gpt-a": 2, "gpt-b": 1, "claude": 3, "none": 1},
                 "by_status_class": {"2xx": 4, "4xx": 1, "5xx": 1, "error": 1},
+                "by_upstream": {"none": 7},
+                "by_api": {"openai": 4, "anthropic": 3},
             },
         )
 
@@ -483,7 +485,10 @@ class PrometheusTests(SynchronousTestCase):
                 ("openai", "gpt-a", "error"): 1.0,
             },
         )
-        self.assertEqual(values[("llmgate_upstream_errors_total", labels(kind="upstream_timeout"))], 1.0)
+        self.assertEqual(
+            values[("llmgate_upstream_errors_total", labels(kind="upstream_timeout", upstream="none"))],
+            1.0,
+        )
 
         gpt = dict(gen_ai_system="openai", gen_ai_request_model="gpt-a")
         input_tokens = labels(gen_ai_token_type="input", **gpt)

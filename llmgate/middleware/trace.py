@@ -205,7 +205,12 @@ class TraceMiddleware(Middleware):
         return {
             "id": exchange.id,
             "wall_time": time.time(),
-            "provider": exchange.provider,
+            "provider": exchange.api.system if exchange.api is not None else exchange.provider,
+            "api": exchange.provider,
+            # A shape is pure and stateless: the writer thread may use it.
+            "shape": exchange.api if exchange.api is not None else exchange.provider,
+            "upstream": exchange.upstream,
+            "attempts": [attempt.as_dict() for attempt in exchange.attempts],
             "method": exchange.request.method,
             "path": exchange.request.path,
             "query": exchange.request.query,
@@ -352,7 +357,7 @@ class TraceMiddleware(Middleware):
         return path
 
     def _document(self, snap: dict[str, Any]) -> dict[str, Any]:
-        provider = snap["provider"]
+        shape = snap["shape"]
         request: dict[str, Any] = {
             "method": snap["method"].decode("ascii", "replace"),
             "path": snap["path"].decode("utf-8", "replace"),
@@ -382,7 +387,7 @@ class TraceMiddleware(Middleware):
                         response["message"] = snap["answer"]
                     else:
                         # A failed or cut stream: what came of the message.
-                        assembler = StreamAnswer(provider)
+                        assembler = StreamAnswer(shape)
                         for event in snap["events"]:
                             assembler.feed(event)
                         response["message"] = assembler.result()
@@ -394,7 +399,7 @@ class TraceMiddleware(Middleware):
                     if snap["answer"] is not UNPARSED:
                         response["message"] = snap["answer"]
                     elif "body_truncated" not in body:
-                        response["message"] = answer_from_body(provider, body["body"])
+                        response["message"] = answer_from_body(shape, body["body"])
                     else:
                         response["message"] = None
         document: dict[str, Any] = {
@@ -403,7 +408,10 @@ class TraceMiddleware(Middleware):
                 "%Y-%m-%dT%H:%M:%S", time.gmtime(snap["wall_time"])
             )
             + f".{int((snap['wall_time'] % 1) * 1000):03d}Z",
-            "provider": provider,
+            "provider": snap["provider"],
+            "api": snap["api"],
+            "upstream": snap["upstream"],
+            "attempts": snap["attempts"],
             "model": snap["model"],
             "session_id": snap["session_id"],
             "request": request,
