@@ -791,3 +791,36 @@ def test_refusals_are_part_of_the_answer() -> None:
     as_content = {"role": "assistant", "content": "I can't help with that."}
     next_a = gateway.call(chat(user("How do I pick a lock?"), as_content, user("Why not?")))
     assert next_a.session_id == a.session_id
+
+
+class SessionIdTests(SynchronousTestCase):
+    """
+    Session ids are unguessable labels made without a system call.
+    """
+
+    def test_ids_are_distinct_and_well_formed(self) -> None:
+        from llmgate.sessions import memory
+
+        ids = {memory.new_session_id() for _ in range(1000)}
+        self.assertEqual(len(ids), 1000)
+        for value in ids:
+            self.assertRegex(value, r"\Asess_[0-9a-f]{24}\Z")
+
+    def test_making_an_id_makes_no_system_call(self) -> None:
+        # os.urandom releases the GIL: the reactor thread then waits for
+        # whichever thread takes it.
+        from llmgate.sessions import memory
+
+        def refuse(size: int) -> bytes:
+            raise AssertionError("os.urandom called per session")
+
+        self.patch(memory.os, "urandom", refuse)
+        memory.new_session_id()
+
+    def test_a_new_process_gets_a_new_key(self) -> None:
+        from llmgate.sessions.memory import _SessionIds
+
+        ids = _SessionIds()
+        first = ids()
+        ids.reset()  # what a forked child runs
+        self.assertNotEqual(ids(), first)
