@@ -383,8 +383,9 @@ class Call:
             return
         if isinstance(reason, ClientGone):
             # The channel is closing: the request must not be finished.
-            exchange.client_gone = True
-            exchange.error, exchange.error_kind = "client disconnected", "client_gone"
+            if not self._closed_after_end():
+                exchange.client_gone = True
+                exchange.error, exchange.error_kind = "client disconnected", "client_gone"
             self._complete()
             return
         if isinstance(reason, ClientStalled):
@@ -481,11 +482,27 @@ class Call:
         """
         if self._done:
             return
+        if self._closed_after_end():
+            self._stop(None, None)
+            return
         self.exchange.client_gone = True
         if self.exchange.error is None:
             self._stop("client disconnected", "client_gone")
         else:
             self._stop(self.exchange.error, self.exchange.error_kind or "client_gone")
+
+    def _closed_after_end(self) -> bool:
+        """
+        Whether a client that hangs up now has had the whole answer: the
+        stream's end was relayed and nothing went wrong (Codex closes on
+        ``response.completed``, before the upstream ends its body).  Then
+        the call is complete, with :attr:`Exchange.closed_after_end` set.
+        """
+        exchange = self.exchange
+        if exchange.stream_ended and exchange.error is None:
+            exchange.closed_after_end = True
+            return True
+        return False
 
     def abort(self) -> None:
         """
@@ -499,16 +516,17 @@ class Call:
         if transport is not None:
             transport.abortConnection()
 
-    def _stop(self, error: str, kind: str) -> None:
+    def _stop(self, error: str | None, kind: str | None) -> None:
         """
-        End the exchange with ``error`` and drop the upstream side.
+        End the exchange with ``error`` (None: it is complete) and drop the
+        upstream side.
         """
         self.exchange.error, self.exchange.error_kind = error, kind
         pending, self._upstream = self._upstream, None
         relay = self._relay
         self._complete()
         if pending is not None:
-            self._end_attempt(kind)
+            self._end_attempt(kind or "cancelled")
             pending.cancel()
         if relay is not None:
             relay.stop()

@@ -5,6 +5,7 @@ OpenAI-compatible server (vLLM, llama.cpp, Ollama, LiteLLM, Azure) speak it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from zope.interface import implementer
@@ -171,8 +172,22 @@ class ChatStream:
         return answer
 
 
+#: A chunk whose choice has a finish reason (every other chunk says null).
+_FINISHED = re.compile(r'"finish_reason"\s*:\s*"')
+
+
 class _OpenAIShape(Shape):
     system = "openai"
+
+    def stream_ended(self, event: ServerSentEvent) -> bool:
+        """
+        ``[DONE]``, or a chunk that gives a finish reason: what follows it
+        (a usage chunk, ``[DONE]``) adds nothing to the answer.
+        """
+        data = event.data
+        return data == "[DONE]" or (
+            event.event == "message" and _FINISHED.search(data) is not None
+        )
 
     def usage_from_body(self, document: Any) -> Any:
         from llmgate.usage import openai_usage

@@ -154,5 +154,15 @@ class Responses(_OpenAIShape):
     def stream_answer(self) -> ResponsesStream:
         return ResponsesStream()
 
+    def stream_ended(self, event: ServerSentEvent) -> bool:
+        """
+        ``response.completed`` (Codex hangs up on it), or ``[DONE]``.
+        """
+        name = event.event
+        if name == "response.completed" or event.data == "[DONE]":
+            return True
+        # A server that names no events says the type in the data only.
+        return name == "message" and '"type":"response.completed"' in event.data[:64].replace(" ", "")
+
 
 RESPONSES = Responses()
