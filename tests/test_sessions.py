@@ -791,3 +791,100 @@ def test_refusals_are_part_of_the_answer() -> None:
     as_content = {"role": "assistant", "content": "I can't help with that."}
     next_a = gateway.call(chat(user("How do I pick a lock?"), as_content, user("Why not?")))
     assert next_a.session_id == a.session_id
+
+
+_GEMINI_PLUGIN = '''
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+from llmgate.interfaces import IApiShape
+from llmgate.providers.base import Shape
+from llmgate.sessions.canonical import History, digest_reduced
+
+
+def _turn(content):
+    role = "assistant" if content.get("role") == "model" else "user"
+    text = "".join(p.get("text", "") for p in content.get("parts", []))
+    return {"role": role, "content": text}
+
+
+@implementer(IPlugin, IApiShape)
+class Gemini(Shape):
+    name = "gemini"
+    system = "gemini"
+    priority = 200
+    suffixes = (b":generateContent",)
+
+    def history(self, body):
+        contents = body.get("contents") if isinstance(body, dict) else None
+        if not isinstance(contents, list):
+            return None
+        return History(
+            system=digest_reduced(("system", [])),
+            messages=[_turn(c) for c in contents],
+            provider="openai-chat",
+        )
+
+    def answer_from_body(self, document):
+        return _turn(document["candidates"][0]["content"])
+
+
+gemini = Gemini()
+'''
+
+
+class PluginShapeTests(SynchronousTestCase):
+    """
+    A third-party shape's own reading of a history is the one sessions use.
+    """
+
+    def gemini(self) -> Any:
+        import importlib
+        import sys
+        from pathlib import Path
+
+        from llmgate.providers.registry import with_plugins
+
+        root = Path(self.mktemp()).absolute()
+        directory = root / "fake_session_plugins"
+        directory.mkdir(parents=True)
+        (directory / "__init__.py").write_text("")
+        (directory / "gemini_shape.py").write_text(_GEMINI_PLUGIN)
+        sys.path.insert(0, str(root))
+        self.addCleanup(sys.path.remove, str(root))
+        self.addCleanup(sys.modules.pop, "fake_session_plugins", None)
+        self.addCleanup(sys.modules.pop, "fake_session_plugins.gemini_shape", None)
+        shapes = with_plugins("openai", importlib.import_module("fake_session_plugins"))
+        return shapes.for_path(PATH_GEMINI)
+
+    def exchange(self, shape: Any, contents: list[Any]) -> Exchange:
+        return Exchange(
+            id="g",
+            provider=shape.name,
+            api=shape,
+            request=RequestRecord(
+                b"POST", PATH_GEMINI, Headers(), json.dumps({"contents": contents}).encode()
+            ),
+            received=0.0,
+        )
+
+    def test_a_plugin_shapes_history_labels_and_continues_a_session(self) -> None:
+        shape = self.gemini()
+        self.assertEqual(shape.name, "gemini")
+        stage = SessionStage(SessionDetector(MemorySessionStore(Clock()), SessionConfig()))
+        hello = {"role": "user", "parts": [{"text": "Hi there"}]}
+        first = self.exchange(shape, [hello])
+        stage.request_received(first)
+        self.assertTrue(first.session_id)
+        self.assertEqual(first.notes["session_how"], NEW)
+        reply = {"role": "model", "parts": [{"text": "Hello!"}]}
+        first.response = ResponseRecord(
+            status=200, headers=[],
+            body=bytearray(json.dumps({"candidates": [{"content": reply}]}).encode()),
+        )
+        stage.exchange_finished(first)
+        second = self.exchange(shape, [hello, reply, {"role": "user", "parts": [{"text": "more"}]}])
+        stage.request_received(second)
+        self.assertEqual((second.session_id, second.notes["session_how"]), (first.session_id, CONTINUED))
+
+
+PATH_GEMINI = b"/v1beta/models/gemini-pro:generateContent"
