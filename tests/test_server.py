@@ -108,6 +108,17 @@ class BodyLimitTests(SynchronousTestCase):
         self.assertEqual(body["error"]["type"], "invalid_request_error")
         self.assertEqual(body["error"]["code"], "request_too_large")
 
+    def test_a_refused_body_leaves_no_request_timeout_behind(self) -> None:
+        clock = Clock()
+        site = GatewaySite(Recorder(), provider=OPENAI, max_request_body=100, clock=clock)
+        protocol, transport = connect(site)
+        protocol.dataReceived(b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n")
+        self.assertIn(b" 413 ", transport.value())
+        written = transport.value()
+        clock.advance(site.request_timeout + 1)
+        self.assertEqual(site.refused["request_timeout"], 0)
+        self.assertEqual(transport.value(), written)
+
     def test_expect_continue_is_not_answered_for_a_refused_body(self) -> None:
         protocol, transport = self.connect()
         protocol.dataReceived(

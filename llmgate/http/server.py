@@ -161,6 +161,9 @@ class GatewayRequest(Request):
             + body
         )
         channel = self.channel
+        if isinstance(channel, GatewayChannel):
+            # Refused: no 408 may follow for the body it will never send.
+            channel._cancel_deadline()
         channel.loseConnection()
         if isinstance(channel, GatewayChannel):
             channel.ignore_the_rest()
