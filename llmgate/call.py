@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from service_identity import CertificateError, VerificationError
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -111,6 +111,57 @@ def _candidates(upstreams: tuple[Upstream, ...]) -> list[Upstream]:
     """
     last = upstreams[-1]
     return [u for u in upstreams if u is last or not u.health.ejected()]
+
+
+class FailoverReport:
+    """
+    One log line per upstream a minute while calls fail over from it (the
+    first at once), with how many did since its last line: many failures
+    must not flood the log.
+    """
+
+    log = Logger()
+    interval = 60.0
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        #: By upstream name: (time of its last line, failovers since).
+        self._upstreams: dict[str, tuple[float, int]] = {}
+
+    def failed_over(self, exchange: Exchange, upstream: Upstream, why: str, next: str) -> None:
+        now = self.clock.seconds()
+        last = self._upstreams.get(upstream.name)
+        if last is not None and now - last[0] < self.interval:
+            self._upstreams[upstream.name] = (last[0], last[1] + 1)
+            return
+        self._upstreams[upstream.name] = (now, 0)
+        request = exchange.request
+        if last is None:
+            self.log.info(
+                "{method} {path}: upstream {upstream} ({address}) {why}; trying {next} "
+                "(its failovers are counted here once a minute while they last)",
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("ascii", "replace"),
+                upstream=upstream.name,
+                address=upstream.address,
+                why=why,
+                next=next,
+                exchange_id=exchange.id,
+            )
+        else:
+            self.log.info(
+                "upstream {upstream} ({address}): {count} call(s) failed over in the last "
+                "{seconds:.0f} s; now {method} {path}: {why}; trying {next}",
+                upstream=upstream.name,
+                address=upstream.address,
+                count=last[1] + 1,
+                seconds=now - last[0],
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("ascii", "replace"),
+                why=why,
+                next=next,
+                exchange_id=exchange.id,
+            )
 
 
 class Call:
@@ -254,16 +305,7 @@ class Call:
         if len(self._candidates) < 2:
             return False
         failed = self._candidates.pop(0)
-        self.log.info(
-            "{method} {path}: upstream {upstream} ({address}) {why}; trying {next}",
-            method=self.exchange.request.method.decode("ascii", "replace"),
-            path=self.exchange.request.path.decode("ascii", "replace"),
-            upstream=failed.name,
-            address=failed.address,
-            why=why,
-            next=self._candidates[0].name,
-            exchange_id=self.exchange.id,
-        )
+        self.forwarder.failovers.failed_over(self.exchange, failed, why, self._candidates[0].name)
         self._try()
         return True
 
@@ -536,4 +578,4 @@ class Call:
             self._candidates[0].head_deadlines.stop(self)
 
 
-__all__ = ["Call", "BytesProducer", "classify"]
+__all__ = ["Call", "BytesProducer", "FailoverReport", "classify"]
