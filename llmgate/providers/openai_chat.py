@@ -5,7 +5,6 @@ OpenAI-compatible server (vLLM, llama.cpp, Ollama, LiteLLM, Azure) speak it.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from zope.interface import implementer
@@ -172,10 +171,6 @@ class ChatStream:
         return answer
 
 
-#: A chunk whose choice has a finish reason (every other chunk says null).
-_FINISHED = re.compile(r'"finish_reason"\s*:\s*"')
-
-
 class _OpenAIShape(Shape):
     system = "openai"
 
@@ -186,7 +181,8 @@ class _OpenAIShape(Shape):
         """
         data = event.data
         return data == "[DONE]" or (
-            event.event == "message" and _FINISHED.search(data) is not None
+            event.event == "message"
+            and ('"finish_reason":"' in data or '"finish_reason": "' in data)
         )
 
     def usage_from_body(self, document: Any) -> Any:
