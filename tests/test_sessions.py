@@ -888,3 +888,48 @@ class PluginShapeTests(SynchronousTestCase):
 
 
 PATH_GEMINI = b"/v1beta/models/gemini-pro:generateContent"
+
+
+def codex(prompt: str, *items: Any) -> Any:
+    """
+    A Codex 0.171 call: its prompt as leading developer items, no instructions.
+    """
+    developer = {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": prompt}]}
+    body = {"model": "gpt-x", "stream": True, "input": [developer, *items]}
+    return history_of("openai-responses", b"/v1/responses", body)
+
+
+def codex_user(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def codex_answer(text: str) -> dict[str, Any]:
+    from llmgate.providers.openai_responses import responses_answer
+
+    item = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+    return responses_answer([item])
+
+
+class CodexPromptTests(SynchronousTestCase):
+    def test_leading_developer_items_are_the_system_prompt(self) -> None:
+        one = codex("You are Codex, v1.", codex_user("Fix the test"))
+        two = codex("You are Codex, v2.", codex_user("Fix the test"))
+        self.assertEqual(len(one.messages), 1)
+        self.assertNotEqual(one.system, two.system)
+        plain = history_of("openai-responses", b"/v1/responses", {"input": [codex_user("Fix the test")]})
+        self.assertEqual(plain.messages, one.messages)
+        self.assertNotEqual(plain.system, one.system)
+
+    def test_a_changed_codex_prompt_takes_the_system_changed_path(self) -> None:
+        from llmgate.sessions.detect import SYSTEM_CHANGED
+
+        gateway = Gateway()
+        opening = codex_user("Fix the failing test")
+        answer = codex_answer("Done: the test passes.")
+        first = gateway.call(codex("You are Codex, v1.", opening), answer)
+        turns = [opening, *answer["output"], codex_user("Now commit it")]
+        same = gateway.call(codex("You are Codex, v1.", *turns), codex_answer("Committed."))
+        self.assertEqual((same.session_id, same.how), (first.session_id, CONTINUED))
+        turns += [*codex_answer("Committed.")["output"], codex_user("Push it")]
+        changed = gateway.call(codex("You are Codex, v2 (new tools).", *turns))
+        self.assertEqual((changed.session_id, changed.how), (first.session_id, SYSTEM_CHANGED))
