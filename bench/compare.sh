@@ -19,7 +19,7 @@
 # every wrk run the gateway's utime+stime is read from /proc/PID/stat: CPU per
 # request is that delta / requests.  Environment: BENCH_COMPARE_PORT (18280:
 # nginx; gateways on the next ports), BENCH_GATEWAY_CPU (0), BENCH_LOAD_CPU (1),
-# VENV.  Only 127.0.0.1.  A full run (7 configs x 3 x 8 s) takes 3.5-5 minutes.
+# BENCH_FOLLOW (configs whose live view bench/follower.py follows), VENV.  Only 127.0.0.1.  A full run (7 configs x 3 x 8 s) takes 3.5-5 minutes.
 set -euo pipefail
 # Numbers are parsed from `times`, awk and /proc: one decimal point, whatever the locale.
 export LC_ALL=C
@@ -81,6 +81,17 @@ for name in "${NAMES[@]}"; do
     i=$((i + 1))
 done
 
+# BENCH_FOLLOW: gateways whose live view a browser-like client follows for
+# the whole run (bench/follower.py, on the load CPU, as a browser would be).
+FOLLOWERS=()
+IFS=, read -r -a FOLLOW <<<"${BENCH_FOLLOW:-}"
+for name in "${FOLLOW[@]}"; do
+    taskset -c "$LOAD_CPU" "$PY" "$HERE/follower.py" --url "http://127.0.0.1:${GW_PORT[$name]}" \
+        --report "$WORK/follow-$name.json" &
+    FOLLOWERS+=("$!")
+    log "following gateway $name's /api/events (pid $!)"
+done
+
 START=$SECONDS
 log "warm-up: ${WARM_SECONDS}s each"
 for name in "${NAMES[@]}"; do
@@ -95,6 +106,10 @@ for rep in $(seq 1 "$REPS"); do
     done
 done
 log "measured in $((SECONDS - START)) s"
+for pid in "${FOLLOWERS[@]}"; do stop_pid "$pid" TERM 5; done
+for name in "${FOLLOW[@]}"; do
+    [ -s "$WORK/follow-$name.json" ] && log "follower of $name: $(cat "$WORK/follow-$name.json")"
+done
 
 # What the middlewares left behind: trace files and printer lines, against
 # the 2xx answers the gateway gave (wrk's requests minus non-2xx, + sanity).

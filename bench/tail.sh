@@ -9,6 +9,9 @@
 #                   (files: bench/configs/NAME.yaml, '+' read as '-')
 #   --reps N        repetitions of the whole cycle (default 3)
 #   --seconds S     each wrk run (default 6)
+#   --old DIR       also run every config on the code checked out in DIR (its
+#                   own .venv, made by its `make setup`), as "old:NAME": the
+#                   before-and-after table of one run
 #
 # Each repetition runs, for every config in turn, wrk -t1 -c64 (throughput)
 # and wrk -t1 -c1 (one call at a time on one keep-alive connection: the
@@ -29,12 +32,14 @@ REPS=3
 SECONDS_EACH=6
 KEEP=0
 OUT=""
+OLD=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --reps) REPS="$2"; shift ;;
         --seconds) SECONDS_EACH="$2"; shift ;;
         --configs) CONFIGS="$2"; shift ;;
         --keep) KEEP=1 ;;
+        --old) OLD="$(cd "$2" && pwd)"; shift ;;
         --out) OUT="$2"; shift ;;
         -h|--help) sed -n '2,17p' "$HERE/tail.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "tail.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
@@ -52,6 +57,11 @@ IFS=, read -r -a NAMES <<<"$CONFIGS"
 for name in "${NAMES[@]}"; do
     [ -r "$HERE/configs/${name//+/-}.yaml" ] || die "no config bench/configs/${name//+/-}.yaml for '$name'"
 done
+if [ -n "$OLD" ]; then
+    [ -x "$OLD/.venv/bin/twistd" ] || die "$OLD/.venv/bin/twistd not found: run make setup in $OLD"
+    for name in "${NAMES[@]}"; do NAMES+=("old:$name"); done
+    CONFIGS="$(IFS=,; echo "${NAMES[*]}")"
+fi
 need_tools
 for i in $(seq 0 "${#NAMES[@]}"); do
     port_free $((BASE_PORT + i)) || die "port $((BASE_PORT + i)) on 127.0.0.1 is taken (set BENCH_TAIL_PORT)"
@@ -60,8 +70,12 @@ done
 mk_work
 start_upstream "$BASE_PORT" "$LOAD_CPU"
 i=1
+NEW_TWISTD="$TWISTD"
 for name in "${NAMES[@]}"; do
-    start_gateway "$name" "$HERE/configs/${name//+/-}.yaml" $((BASE_PORT + i)) "$GW_CPU"
+    TWISTD="$NEW_TWISTD"
+    [ "${name#old:}" != "$name" ] && TWISTD="$OLD/.venv/bin/twistd"
+    config="${name#old:}"
+    start_gateway "$name" "$HERE/configs/${config//+/-}.yaml" $((BASE_PORT + i)) "$GW_CPU"
     sanity "$name"
     log "gateway $name on 127.0.0.1:$((BASE_PORT + i)) (pid ${GW_PID[$name]})"
     i=$((i + 1))

@@ -70,22 +70,25 @@ def main():
     head = (f"{'configuration':<18}{'req/s c64':>10}{'÷ bare':>8}{'CPU us/req':>11}"
             f"{'c1 p50':>8}{'p90':>7}{'p99':>7}{'p99.9':>7}{'max':>8}"
             f"{'  p90-bare':>10}{'p99-bare':>9}")
-    print(f"bench/tail.sh: {len(reps)} repetition(s) interleaved, medians; latencies in ms")
+    print(f"bench/tail.sh: {len(reps)} repetition(s) interleaved, medians; latencies in ms;"
+          " '÷ bare' and '-bare' against the same code's bare relay, within each repetition")
     print(head)
     print("-" * len(head))
     verdicts = []
     for t in names:
+        # Old code is compared with its own bare relay, new code with its own.
+        bare = "old:bare" if t.startswith("old:") else "bare"
         rps = per_rep("c64", t, "rps")
-        ratio = per_rep("c64", t, "rps", "bare", ratio=True) if t != "bare" else 1.0
-        d90 = per_rep("c1", t, "lat_p90_us", "bare") if t != "bare" else None
-        d99 = per_rep("c1", t, "lat_p99_us", "bare") if t != "bare" else None
+        ratio = per_rep("c64", t, "rps", bare, ratio=True) if t != bare else 1.0
+        d90 = per_rep("c1", t, "lat_p90_us", bare) if t != bare else None
+        d99 = per_rep("c1", t, "lat_p99_us", bare) if t != bare else None
         print(f"{t:<18}{'-' if rps is None else f'{rps:,.0f}':>10}"
               f"{'-' if ratio is None else f'{ratio:.2f}':>8}"
               f"{'-' if cpu_us(t) is None else f'{cpu_us(t):.0f}':>11}"
               f"{ms(per_rep('c1', t, 'lat_p50_us')):>8}{ms(per_rep('c1', t, 'lat_p90_us')):>7}"
               f"{ms(per_rep('c1', t, 'lat_p99_us')):>7}{ms(per_rep('c1', t, 'lat_p999_us')):>7}"
               f"{ms(per_rep('c1', t, 'lat_max_us')):>8}{plus(d90):>10}{plus(d99):>9}")
-        if t != "bare":
+        if t != bare and not t.startswith("old:"):
             verdicts.append((f"{t}: throughput >= 0.5 x bare", ratio is not None and ratio >= 0.5))
             if t == "everything":
                 verdicts.append((f"{t}: c1 p90 <= bare + 0.3 ms", d90 is not None and d90 <= 300))

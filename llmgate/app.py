@@ -84,6 +84,7 @@ class Gateway:
         config_view: Callable[[], Any],
         metrics_view: Callable[[], Any],
         metrics: Metrics | None = None,
+        ui: Any = None,
     ) -> None:
         self.forwarder = forwarder
         self.metrics = metrics
@@ -97,6 +98,8 @@ class Gateway:
         self.refused: Counter[str] = Counter()
         self._config_view = config_view
         self._metrics_view = metrics_view
+        #: The live view (llmgate.ui.view), or None.
+        self.ui = ui
 
     def resource(self) -> Any:
         return GatewayRoot(self, self.app.resource())
@@ -126,6 +129,18 @@ class Gateway:
             request.setHeader(b"cache-control", b"no-store")
             return body
         return _json(request, self._metrics_view())
+
+    # The live view: pages open (they hold no data), the API an admin endpoint.
+    @app.route("/ui/", branch=True, methods=["GET", "HEAD"])
+    def ui_page(self, request: Request) -> Any:
+        return self.ui.page(request)
+
+    @app.route("/api/", branch=True, methods=["GET", "HEAD"])
+    def ui_api(self, request: Request) -> Any:
+        refused = self._admin_refusal(request)
+        if refused is not None:
+            return refused
+        return self.ui.api(request)
 
     def proxy(self, request: Request) -> Any:
         """
@@ -195,7 +210,9 @@ class GatewayRoot(Resource):
         self.own = own
 
     def render(self, request: Request) -> Any:
-        if request.path in OWN_PATHS:
+        if request.path in OWN_PATHS or (
+            self.gateway.ui is not None and self.gateway.ui.claims(request.path)
+        ):
             return self.own.render(request)
         result = self.gateway.proxy(request)
         if isinstance(result, bytes):

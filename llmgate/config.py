@@ -232,6 +232,25 @@ class ManholeConfig:
 
 
 @attrs.frozen
+class UIConfig:
+    """
+    The live view (``/ui/``, ``/api/``), read from the trace directory.
+    """
+
+    #: None: on when a trace middleware is on.
+    enabled: bool | None = None
+    #: Sessions and calls the index holds at most; the oldest go first.
+    max_sessions: int = 10_000
+    max_calls: int = 100_000
+    #: How new trace files are noticed: ``auto`` (inotify on Linux, else a
+    #: poll), ``inotify`` or ``poll`` (for network file systems, where
+    #: inotify misses other machines' writes).
+    watch: str = "auto"
+    #: How often the trace directory is listed when polling.
+    poll_seconds: float = 2.0
+
+
+@attrs.frozen
 class PoolConfig:
     """
     How long a kept upstream connection lives: it is closed after
@@ -262,6 +281,7 @@ class GatewayConfig:
     usage: UsageConfig = UsageConfig()
     manhole: ManholeConfig = ManholeConfig()
     auth: AuthConfig = AuthConfig()
+    ui: UIConfig = UIConfig()
     pool: PoolConfig = PoolConfig()
     #: Where the file part came from, for messages; None when there was none.
     source: str | None = None
@@ -398,7 +418,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
     top.allow(
         {
             "server", "llm", "upstreams", "routes", "middlewares", "session", "logging",
-            "metrics", "usage", "manhole", "auth", "pool",
+            "metrics", "usage", "manhole", "auth", "pool", "ui",
         }
     )
     from llmgate.routing import parse_upstreams
@@ -416,6 +436,7 @@ def parse(document: Mapping[str, Any], source: str | None = None) -> GatewayConf
         usage=_usage(top.section("usage")),
         manhole=_manhole(top.section("manhole")),
         auth=_auth(top.section("auth")),
+        ui=_ui(top.section("ui")),
         pool=_pool(top.section("pool")),
         source=source,
     )
@@ -738,6 +759,19 @@ def _usage(section: _Section) -> UsageConfig:
     section.allow({"include_stream_usage"})
     return UsageConfig(
         include_stream_usage=section.boolean("include_stream_usage", False)
+    )
+
+
+def _ui(section: _Section) -> UIConfig:
+    section.allow(set(attrs.fields_dict(UIConfig)))
+    enabled = section.get("enabled", None)
+    defaults = UIConfig()
+    return UIConfig(
+        enabled=None if enabled is None else section.boolean("enabled", True),
+        max_sessions=section.integer("max_sessions", defaults.max_sessions, 1, 10**7),
+        max_calls=section.integer("max_calls", defaults.max_calls, 1, 10**7),
+        watch=section.choice("watch", defaults.watch, ("auto", "inotify", "poll")),
+        poll_seconds=section.number("poll_seconds", defaults.poll_seconds, 0.1, 3600),
     )
 
 

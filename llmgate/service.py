@@ -116,7 +116,11 @@ class GatewayParts:
         )
         if config.metrics.enabled:
             stages.append(self.metrics)
-        self.pipeline = Pipeline([*stages, *self.middlewares])
+        from llmgate.ui.parts import ViewParts
+
+        # The live view's feed goes last: it sees the session decided.
+        self.ui = ViewParts(config, reactor, self.middlewares)
+        self.pipeline = Pipeline([*stages, *self.middlewares, *self.ui.stages])
         self.forwarder = Forwarder(
             self.upstreams,
             config,
@@ -129,6 +133,7 @@ class GatewayParts:
             self.config_view,
             self.metrics.json_view,
             self.metrics if config.metrics.enabled else None,
+            ui=self.ui.view,
         )
         self.site = GatewaySite(
             self.gateway.resource(),

@@ -933,3 +933,36 @@ class CodexPromptTests(SynchronousTestCase):
         turns += [*codex_answer("Committed.")["output"], codex_user("Push it")]
         changed = gateway.call(codex("You are Codex, v2 (new tools).", *turns))
         self.assertEqual((changed.session_id, changed.how), (first.session_id, SYSTEM_CHANGED))
+
+
+class SessionIdTests(SynchronousTestCase):
+    """
+    Session ids are unguessable labels made without a system call.
+    """
+
+    def test_ids_are_distinct_and_well_formed(self) -> None:
+        from llmgate.sessions import memory
+
+        ids = {memory.new_session_id() for _ in range(1000)}
+        self.assertEqual(len(ids), 1000)
+        for value in ids:
+            self.assertRegex(value, r"\Asess_[0-9a-f]{24}\Z")
+
+    def test_making_an_id_makes_no_system_call(self) -> None:
+        # os.urandom releases the GIL: the reactor thread then waits for
+        # whichever thread takes it.
+        from llmgate.sessions import memory
+
+        def refuse(size: int) -> bytes:
+            raise AssertionError("os.urandom called per session")
+
+        self.patch(memory.os, "urandom", refuse)
+        memory.new_session_id()
+
+    def test_a_new_process_gets_a_new_key(self) -> None:
+        from llmgate.sessions.memory import _SessionIds
+
+        ids = _SessionIds()
+        first = ids()
+        ids.reset()  # what a forked child runs
+        self.assertNotEqual(ids(), first)

@@ -229,6 +229,9 @@ class TraceRenderingTests(SynchronousTestCase):
         self.assertEqual(self.handed, [])
         self.assertEqual(self.trace.pending, 1)
         self.clock.advance(0)
+        # Rendered, and gathering for the writer thread.
+        self.assertEqual(self.handed, [])
+        self.clock.advance(trace_module.GATHER_SECONDS)
         [[(name, data, _)]] = self.handed
         self.assertTrue(name.endswith(f"{0:032x}.json"))
         document = json.loads(data)
@@ -241,11 +244,20 @@ class TraceRenderingTests(SynchronousTestCase):
         [turn] = self.clock.getDelayedCalls()
         self.clock.calls.remove(turn)
         self.trace._render_some()
-        self.assertEqual([len(batch) for batch in self.handed], [1])
-        [later] = self.clock.getDelayedCalls()
-        self.assertEqual(later.getTime(), self.clock.seconds())
+        self.assertEqual(len(self.trace._ready), 1)
+        [later] = [c for c in self.clock.getDelayedCalls() if c.getTime() == self.clock.seconds()]
         self.clock.advance(0)
-        self.assertEqual([len(batch) for batch in self.handed], [1, 1, 1])
+        self.assertEqual(len(self.trace._ready), 3)
+        # The three go to the writer thread together, in one wake-up.
+        self.clock.advance(trace_module.GATHER_SECONDS)
+        self.assertEqual([len(batch) for batch in self.handed], [3])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_close_renders_and_hands_over_everything_at_once(self) -> None:
+        self.patch(trace_module, "RENDER_SLICE", -1.0)
+        self.finish(3)
+        self.trace.close()
+        self.assertEqual([len(batch) for batch in self.handed], [3])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_a_document_that_cannot_be_rendered_is_a_counted_failure(self) -> None:
@@ -254,7 +266,7 @@ class TraceRenderingTests(SynchronousTestCase):
 
         self.patch(self.trace, "_document", broken)
         self.finish(1)
-        self.clock.advance(0)
+        self.clock.advance(1)
         self.assertEqual(self.handed, [])
         self.assertEqual((self.trace.failed, self.trace.pending), (1, 0))
 

@@ -273,7 +273,8 @@ class UpstreamConnection(Protocol):
         self._deliver()
         response = self._response
         parser = self._parser
-        if not parser.keep_alive or not self._pool.keeps(self):
+        pool = self._pool
+        if not parser.keep_alive or pool.closed or self.requests >= pool.max_requests:
             parser.keep_alive = False
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif not self._lost:

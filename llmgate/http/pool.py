@@ -22,6 +22,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from llmgate.http.connection import ConnectionFactory, UpstreamConnection
@@ -36,16 +37,14 @@ IDEMPOTENCY_HEADERS = frozenset({b"idempotency-key", b"x-idempotency-key"})
 _STALE = (neterror.ConnectionDone, neterror.ConnectionLost)
 
 
-def replayable(method: bytes, header_names: Any) -> bool:
+def replayable(method: bytes, headers: Headers | None) -> bool:
     """
     Whether a request may be sent a second time after a kept connection
     died under it: Go's ``net/http`` rule.
-
-    :param header_names: the request's header names, in any case.
     """
     if method in REPLAYABLE_METHODS:
         return True
-    return any(name.lower() in IDEMPOTENCY_HEADERS for name in header_names)
+    return headers is not None and any(headers.hasHeader(name) for name in IDEMPOTENCY_HEADERS)
 
 
 class UpstreamPool:
@@ -79,7 +78,8 @@ class UpstreamPool:
         self._connects: set[Deferred[Any]] = set()
         self._sweeper: IDelayedCall | None = None
         self._dying: set[UpstreamConnection] = set()
-        self._closed = False
+        #: Whether the pool keeps no connection any more (shutting down).
+        self.closed = False
         self.connections_made = 0
         #: Requests sent a second time after a kept connection died.
         self.retries = 0
@@ -89,17 +89,17 @@ class UpstreamPool:
     # -- sending ----------------------------------------------------------------
 
     def send(
-        self, method: bytes, data: list[bytes], replayable: bool = False
+        self, method: bytes, data: list[bytes], headers: Headers | None = None
     ) -> Deferred[IResponse]:
         """
         Send one request, already serialised, on a kept connection or a new
         one.
 
-        :param replayable: whether the request may be sent again after a
-            kept connection died before any byte of its answer (see
+        :param headers: the request's headers, read only if a kept connection
+            dies under it, to tell whether it may go again (see
             :func:`replayable`).
         """
-        return _Attempts(self, method, data, replayable).start()
+        return _Attempts(self, method, data, headers).start()
 
     def _kept(self) -> UpstreamConnection | None:
         idle = self._idle
@@ -136,15 +136,9 @@ class UpstreamPool:
 
     # -- keeping connections ------------------------------------------------------
 
-    def keeps(self, connection: UpstreamConnection) -> bool:
-        """
-        Whether ``connection``, its answer done, may carry another request.
-        """
-        return not self._closed and connection.requests < self.max_requests
-
     def _release(self, connection: UpstreamConnection) -> None:
         self._active.discard(connection)
-        if self._closed or len(self._idle) >= self.max_idle:
+        if self.closed or len(self._idle) >= self.max_idle:
             connection.transport.loseConnection()  # type: ignore[union-attr]
             return
         connection.idle_since = self.clock.seconds()
@@ -190,7 +184,7 @@ class UpstreamPool:
         shutdown); fires when they are closed.  Connections still carrying
         an answer finish it and close then.
         """
-        self._closed = True
+        self.closed = True
         for connecting in list(self._connects):
             connecting.cancel()
         sweeper, self._sweeper = self._sweeper, None
@@ -223,12 +217,12 @@ class _Attempts:
     """
 
     def __init__(
-        self, pool: UpstreamPool, method: bytes, data: list[bytes], replayable: bool
+        self, pool: UpstreamPool, method: bytes, data: list[bytes], headers: Headers | None
     ) -> None:
         self._pool = pool
         self._method = method
         self._data = data
-        self._replayable = replayable
+        self._headers = headers
         #: A connection being made, or the connection the request is on.
         self._current: Deferred[Any] | UpstreamConnection | None = None
         self._reused = False
@@ -282,7 +276,7 @@ class _Attempts:
             r.check(*_STALE) and not r.check(neterror.ConnectionAborted) for r in reasons
         ):
             return False
-        return self._replayable or connection.unsent
+        return connection.unsent or replayable(self._method, self._headers)
 
     def _failed(self, reason: Failure) -> None:
         self._current = None

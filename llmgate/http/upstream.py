@@ -44,7 +44,7 @@ from zope.interface import implementer
 from llmgate.config import GatewayConfig
 from llmgate.http.connection import UpstreamConnection, UpstreamResponse
 from llmgate.http.parser import MAX_CHUNK_LINE, MAX_HEAD, UpstreamProtocolError
-from llmgate.http.pool import UpstreamPool, replayable
+from llmgate.http.pool import UpstreamPool
 
 __all__ = [
     "BODY_METHODS",
@@ -95,12 +95,7 @@ class UpstreamAgent:
         body = getattr(bodyProducer, "body", None) if bodyProducer is not None else None
         if bodyProducer is not None and body is None:
             raise TypeError("the upstream agent sends bodies held in memory only")
-        names = headers.getAllRawHeaders() if headers is not None else ()
-        return self.pool.send(
-            method,
-            self.serialise(method, target, headers, body),
-            replayable(method, (name for name, _ in names)),
-        )
+        return self.pool.send(method, self.serialise(method, target, headers, body), headers)
 
     def serialise(
         self, method: bytes, target: bytes, headers: Headers | None, body: bytes | None

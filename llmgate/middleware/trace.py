@@ -39,8 +39,9 @@ SUFFIX = ".json"
 
 _STOP = object()
 
-#: How long the writer thread waits after the first queued trace, so that it
-#: wakes once per batch rather than once per exchange.
+#: How long rendered traces gather on the reactor thread before the writer
+#: thread is woken for them, so that it wakes once per batch rather than
+#: once per exchange.
 GATHER_SECONDS = 0.02
 
 #: The most time one turn of the reactor spends rendering traces; what is
@@ -148,6 +149,8 @@ class TraceMiddleware(Middleware):
         self._thread: threading.Thread | None = None
         self._to_render: deque[dict[str, Any]] = deque()
         self._render_call: Any = None
+        self._ready: list[tuple[str, bytes, float]] = []
+        self._handoff: Any = None
 
     # -- the middleware ---------------------------------------------------------
 
@@ -172,14 +175,23 @@ class TraceMiddleware(Middleware):
 
     def close(self) -> Deferred[None]:
         """
-        Write what is queued, then stop the writer thread.
+        Render and write what is queued, then stop the writer thread.
         """
+        self._cancel_timers()
+        while self._to_render:
+            self._render_some()
+            self._cancel_timers()
+        self._hand_over()
         return self.flush().addCallback(lambda _: self._stop_pool())
 
+    def _cancel_timers(self) -> None:
+        for call in (self._render_call, self._handoff):
+            if call is not None and call.active():
+                call.cancel()
+        self._render_call = self._handoff = None
+
     def _stop_pool(self) -> None:
-        if self._render_call is not None and self._render_call.active():
-            self._render_call.cancel()
-        self._render_call = None
+        self._cancel_timers()
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread = None
@@ -226,6 +238,7 @@ class TraceMiddleware(Middleware):
             "event_count": response.event_count if response else 0,
             "truncated": response.truncated if response else False,
             "session_id": exchange.session_id,
+            "session_decision": exchange.notes.get("session_how"),
             "model": exchange.model,
             "usage": exchange.usage,
             # Parsed already by another stage, or left for the writer thread.
@@ -258,15 +271,28 @@ class TraceMiddleware(Middleware):
                 break
         if self._to_render:
             self._render_call = self.reactor.callLater(0, self._render_some)
-        if batch:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._writer, name="llmgate-trace", daemon=True
-                )
-                self._thread.start()
-            self._queue.put(batch)
+        self._ready.extend(batch)
+        if self._ready and self._handoff is None:
+            self._handoff = self.reactor.callLater(GATHER_SECONDS, self._hand_over)
         if failures:
             self._settled(0, failures)
+
+    def _hand_over(self) -> None:
+        """
+        Give the writer thread what was rendered in the last
+        :data:`GATHER_SECONDS`: one wake-up of it per batch, never one per
+        trace (each cost a thread switch and two hand-overs of the GIL).
+        """
+        self._handoff = None
+        batch, self._ready = self._ready, []
+        if not batch:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._writer, name="llmgate-trace", daemon=True
+            )
+            self._thread.start()
+        self._queue.put(batch)
 
     def _render(self, snap: dict[str, Any]) -> tuple[str, bytes, float]:
         """
@@ -306,9 +332,6 @@ class TraceMiddleware(Middleware):
         get = self._queue.get
         while True:
             batch = get()
-            # Let a batch gather: waking once per trace cost a thread switch
-            # and a hand-over of the GIL for each.
-            time.sleep(GATHER_SECONDS)
             written, failures = 0, []
             while True:
                 if batch is _STOP:
@@ -415,6 +438,7 @@ class TraceMiddleware(Middleware):
             "attempts": snap["attempts"],
             "model": snap["model"],
             "session_id": snap["session_id"],
+            "session_decision": snap["session_decision"],
             "request": request,
             "response": response,
             "usage": snap["usage"],

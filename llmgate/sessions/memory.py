@@ -5,6 +5,8 @@ by time since last use, and never scanned whole on a request.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 from collections import OrderedDict, deque
 from typing import Any, Mapping, Sequence
@@ -20,8 +22,32 @@ from llmgate.interfaces import ISessionStore
 KEYS_PER_SESSION = 64
 
 
-def new_session_id() -> str:
-    return "sess_" + os.urandom(12).hex()
+class _SessionIds:
+    """
+    Session ids: 96 bits of a keyed BLAKE2b over a counter, the key drawn
+    from ``os.urandom`` once per process.  As unguessable as 96 random bits
+    to anyone without the key, and no system call per session: ``os.urandom``
+    releases the GIL, and the reactor thread then waited for any other
+    thread holding it (measured: 120 us a call with the trace writer busy).
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self._key = os.urandom(32)
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        digest = hashlib.blake2b(
+            next(self._counter).to_bytes(8, "big"), key=self._key, digest_size=12
+        )
+        return "sess_" + digest.hexdigest()
+
+
+#: A new session id.
+new_session_id = _SessionIds()
 
 
 @attrs.define

@@ -1,0 +1,237 @@
+"""
+The live feed: calls starting, streams growing and calls ending, pushed to
+whoever follows ``/api/events`` as they happen in this process.
+
+It is a middleware the gateway adds itself when the live view is on.  With
+no one following, every hook returns at once; with followers, stream text is
+gathered per call and sent at most every ``flush_seconds``, so a fast stream
+costs one message per interval, not one per event.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from llmgate.exchange import Exchange
+from llmgate.middleware import Middleware
+from llmgate.sse import ServerSentEvent
+
+Subscriber = Callable[[str, dict[str, Any]], None]
+
+#: Stream text kept per call in flight, for a page that opens mid-stream.
+MAX_LIVE_TEXT = 64 * 1024
+
+
+class Hub:
+    """
+    Publish ``(kind, data)`` messages to subscribers; a subscriber that
+    raises is dropped, never the publisher's problem.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._subscribers)
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """
+        :return: a callable that unsubscribes (safe to call twice).
+        """
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def publish(self, kind: str, data: dict[str, Any]) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(kind, data)
+            except Exception:
+                self.log.failure("live view subscriber failed; dropping it")
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+
+def delta_text(event: ServerSentEvent) -> str:
+    """
+    The text a stream event adds (answer text or tool-call arguments), for
+    OpenAI chat and Responses streams and Anthropic streams; "" for others.
+    """
+    if event.data[:1] != "{":
+        return ""
+    try:
+        document = event.json()
+    except ValueError:
+        return ""
+    if not isinstance(document, dict):
+        return ""
+    delta = document.get("delta")
+    if isinstance(delta, dict):  # Anthropic content_block_delta
+        text = delta.get("text", delta.get("partial_json", delta.get("thinking")))
+        return text if isinstance(text, str) else ""
+    if isinstance(delta, str):  # Responses API *.delta events
+        return delta if event.event.endswith(("output_text.delta", "arguments.delta")) else ""
+    choices = document.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        piece = choices[0].get("delta")
+        if isinstance(piece, dict):
+            text = piece.get("content")
+            out = text if isinstance(text, str) else ""
+            for call in piece.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    out += (function.get("name") or "") + (function.get("arguments") or "")
+            return out
+    return ""
+
+
+def started(exchange: Exchange, wall: float) -> dict[str, Any]:
+    """
+    What the feed says of a call that starts.
+    """
+    return {
+        "id": exchange.id,
+        "time": wall,
+        "session_id": exchange.session_id,
+        "decision": exchange.notes.get("session_how"),
+        "provider": exchange.provider,
+        "model": exchange.model,
+        "path": exchange.request.path.decode("utf-8", "replace"),
+        "streaming": exchange.stream_requested,
+    }
+
+
+class LiveFeed(Middleware):
+    """
+    Push this process's calls to the hub while anyone listens.
+
+    :param reactor: for the flush timer and wall time.
+    :param hub: where messages go.
+    :param flush_seconds: how often gathered stream text is sent.
+    :param on_close: called when the gateway stops (the view stops with it).
+    :param on_finished: told of every call's end, followed or not (the index).
+    :param with_text: send stream text (off when the trace keeps no bodies:
+        the view shows no more than the trace holds).
+    :param scrub: hides secrets in stream text, as the trace does.
+    :ivar live: calls in flight while followed: id to ``{"call", "text"}``.
+    """
+
+    name = "live"
+
+    def __init__(
+        self,
+        reactor: Any,
+        hub: Hub,
+        flush_seconds: float = 0.1,
+        on_close: Callable[[], None] | None = None,
+        on_finished: Callable[[Exchange], None] | None = None,
+        with_text: bool = True,
+        scrub: Callable[[str], str] = str,
+    ) -> None:
+        self.reactor = reactor
+        self.on_close = on_close
+        self.on_finished = on_finished
+        self.with_text = with_text
+        self.scrub = scrub
+        self.hub = hub
+        self.flush_seconds = flush_seconds
+        self.live: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, list[str]] = {}
+        self._timer: Any = None
+
+    def request_received(self, exchange: Exchange) -> None:
+        if not self.hub.active:
+            return None
+        call = started(exchange, self._wall())
+        self.live[exchange.id] = {"call": call, "text": "", "sent": 0}
+        self.hub.publish("call_started", call)
+        return None
+
+    def event_received(self, exchange: Exchange, event: ServerSentEvent) -> None:
+        entry = self.live.get(exchange.id)
+        if entry is None or not self.with_text:
+            return
+        text = delta_text(event)
+        if not text:
+            return
+        text = self.scrub(text)
+        if len(entry["text"]) < MAX_LIVE_TEXT:
+            entry["text"] += text
+        self._pending.setdefault(exchange.id, []).append(text)
+        if self._timer is None:
+            self._timer = self.reactor.callLater(self.flush_seconds, self._flush)
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        if self.on_finished is not None:
+            self.on_finished(exchange)
+        entry = self.live.pop(exchange.id, None)
+        if entry is None:
+            return
+        self._send(exchange.id, entry)
+        usage = exchange.usage or {}
+        self.hub.publish(
+            "call_ended",
+            {
+                "id": exchange.id,
+                "session_id": exchange.session_id,
+                "status": exchange.sent_status
+                or (exchange.response.status if exchange.response else None),
+                "duration_ms": _ms(exchange.duration),
+                "ttfb_ms": _ms(exchange.ttfb),
+                "tokens_in": usage.get("input_tokens", 0),
+                "tokens_out": usage.get("output_tokens", 0),
+                "error": exchange.error,
+            },
+        )
+
+    def close(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.on_close is not None:
+            self.on_close()
+
+    def state(self) -> dict[str, Any]:
+        return {"followers": len(self.hub._subscribers), "calls_followed": len(self.live)}
+
+    def _flush(self) -> None:
+        self._timer = None
+        for exchange_id in list(self._pending):
+            entry = self.live.get(exchange_id)
+            if entry is None:
+                self._pending.pop(exchange_id)
+            else:
+                self._send(exchange_id, entry)
+
+    def _send(self, exchange_id: str, entry: dict[str, Any]) -> None:
+        """
+        Send what the stream added since the last time, with its offset in
+        the call's text: a page that fetched the text meanwhile (from
+        ``/api/calls`` or ``/api/sessions/<id>``) skips what it has.
+        """
+        pieces = self._pending.pop(exchange_id, None)
+        if pieces:
+            text = "".join(pieces)
+            offset = entry["sent"]
+            entry["sent"] = offset + len(text)
+            self.hub.publish(
+                "delta",
+                {"id": exchange_id, "session_id": entry["call"]["session_id"],
+                 "offset": offset, "text": text},
+            )
+
+    def _wall(self) -> float:
+        return float(self.reactor.seconds())
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)

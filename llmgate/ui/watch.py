@@ -1,0 +1,144 @@
+"""
+Keeping the index current: inotify on Linux, a listing every few seconds
+elsewhere (and on file systems where inotify sees nothing of other
+machines' writes, ``ui.poll_seconds`` still applies: see docs/ui.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from llmgate.ui.index import TraceIndex
+
+
+class PollWatcher:
+    """
+    List the directory every ``seconds`` (in a thread) and tell the index
+    what came and went.  The next listing starts only after the last one is
+    merged, so a slow disk never piles listings up.
+    """
+
+    log = Logger()
+
+    def __init__(self, index: TraceIndex, reactor: Any, seconds: float) -> None:
+        self.index = index
+        self.loop = LoopingCall(self._look)
+        self.loop.clock = reactor
+        self.seconds = seconds
+
+    def start(self) -> None:
+        self.loop.start(self.seconds, now=False)
+
+    def stop(self) -> None:
+        if self.loop.running:
+            self.loop.stop()
+
+    def _look(self) -> Any:
+        if not self.index.ready:
+            return None
+        d = self.index.run_in_thread(self.index.scan_difference)
+
+        def merge(difference: tuple[list[str], list[str]]) -> None:
+            added, removed = difference
+            for name in removed:
+                self.index.file_removed(name)
+            for name in added:
+                self.index.file_added(name)
+
+        d.addCallback(merge)
+        d.addErrback(lambda f: self.log.failure("live view: listing traces failed", f))
+        return d
+
+
+class INotifyWatcher:
+    """
+    Follow the directory with inotify: a trace lands by a rename into place
+    (``IN_MOVED_TO``); retention deletes (``IN_DELETE``).  On a queue
+    overflow, fall back to one listing.
+
+    Events are read by :func:`_names_reader`, which hands over bare names:
+    Twisted's own reader builds a ``FilePath`` per event, which cost more
+    than the rest of indexing a call.
+    """
+
+    log = Logger()
+
+    def __init__(self, index: TraceIndex, reactor: Any) -> None:
+        from twisted.internet import inotify
+
+        self.inotify_module = inotify
+        self.index = index
+        self.reactor = reactor
+        self.notifier = _names_reader(inotify)(reactor, self._notified)
+
+    def start(self) -> None:
+        module = self.inotify_module
+        self.notifier.startReading()
+        # One event per trace: it lands by a rename and goes by unlink (its
+        # temporary file's own events are not asked for).
+        self.notifier.watch(
+            FilePath(self.index.directory), mask=module.IN_MOVED_TO | module.IN_DELETE
+        )
+
+    def stop(self) -> None:
+        self.notifier.loseConnection()
+
+    def _notified(self, name: str, mask: int) -> None:
+        module = self.inotify_module
+        if mask & module.IN_Q_OVERFLOW:
+            PollWatcher(self.index, self.reactor, 1)._look()
+        elif mask & module.IN_DELETE:
+            self.index.file_removed(name)
+        elif mask & module.IN_MOVED_TO:
+            self.index.file_added(name)
+
+
+def _names_reader(inotify: Any) -> Any:
+    """
+    An ``INotify`` whose events go to one callable as ``(name, mask)``.
+    """
+    import struct
+
+    header = struct.Struct("=iIII")
+
+    class NamesINotify(inotify.INotify):  # type: ignore[misc, name-defined]
+        def __init__(self, reactor: Any, callback: Any) -> None:
+            super().__init__(reactor)
+            self._callback = callback
+
+        def _doRead(self, data: bytes) -> None:
+            buffer = self._buffer + data
+            at, size = 0, header.size
+            while len(buffer) - at >= size:
+                wd, mask, _, length = header.unpack_from(buffer, at)
+                name = buffer[at + size : at + size + length].rstrip(b"\0")
+                at += size + length
+                if wd == -1 or wd in self._watchpoints:
+                    self._callback(name.decode("utf-8", "replace"), mask)
+            self._buffer = buffer[at:]
+
+    return NamesINotify
+
+
+def make_watcher(index: TraceIndex, reactor: Any, poll_seconds: float, how: str = "auto") -> Any:
+    """
+    inotify where the platform and reactor have it (``auto``); a poll
+    otherwise or when asked.
+    """
+    if how == "poll":
+        return PollWatcher(index, reactor, poll_seconds)
+    if how == "inotify":
+        return INotifyWatcher(index, reactor)
+    try:
+        return INotifyWatcher(index, reactor)
+    except Exception as error:  # not Linux, or a reactor without file descriptors
+        PollWatcher.log.info(
+            "live view: no inotify ({error}); listing the trace directory every {seconds}s",
+            error=str(error),
+            seconds=poll_seconds,
+        )
+        return PollWatcher(index, reactor, poll_seconds)
