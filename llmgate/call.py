@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from service_identity import CertificateError, VerificationError
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -111,6 +111,57 @@ def _candidates(upstreams: tuple[Upstream, ...]) -> list[Upstream]:
     """
     last = upstreams[-1]
     return [u for u in upstreams if u is last or not u.health.ejected()]
+
+
+class FailoverReport:
+    """
+    One log line per upstream a minute while calls fail over from it (the
+    first at once), with how many did since its last line: many failures
+    must not flood the log.
+    """
+
+    log = Logger()
+    interval = 60.0
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        #: By upstream name: (time of its last line, failovers since).
+        self._upstreams: dict[str, tuple[float, int]] = {}
+
+    def failed_over(self, exchange: Exchange, upstream: Upstream, why: str, next: str) -> None:
+        now = self.clock.seconds()
+        last = self._upstreams.get(upstream.name)
+        if last is not None and now - last[0] < self.interval:
+            self._upstreams[upstream.name] = (last[0], last[1] + 1)
+            return
+        self._upstreams[upstream.name] = (now, 0)
+        request = exchange.request
+        if last is None:
+            self.log.info(
+                "{method} {path}: upstream {upstream} ({address}) {why}; trying {next} "
+                "(its failovers are counted here once a minute while they last)",
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("ascii", "replace"),
+                upstream=upstream.name,
+                address=upstream.address,
+                why=why,
+                next=next,
+                exchange_id=exchange.id,
+            )
+        else:
+            self.log.info(
+                "upstream {upstream} ({address}): {count} call(s) failed over in the last "
+                "{seconds:.0f} s; now {method} {path}: {why}; trying {next}",
+                upstream=upstream.name,
+                address=upstream.address,
+                count=last[1] + 1,
+                seconds=now - last[0],
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("ascii", "replace"),
+                why=why,
+                next=next,
+                exchange_id=exchange.id,
+            )
 
 
 class Call:
@@ -254,16 +305,7 @@ class Call:
         if len(self._candidates) < 2:
             return False
         failed = self._candidates.pop(0)
-        self.log.info(
-            "{method} {path}: upstream {upstream} ({address}) {why}; trying {next}",
-            method=self.exchange.request.method.decode("ascii", "replace"),
-            path=self.exchange.request.path.decode("ascii", "replace"),
-            upstream=failed.name,
-            address=failed.address,
-            why=why,
-            next=self._candidates[0].name,
-            exchange_id=self.exchange.id,
-        )
+        self.forwarder.failovers.failed_over(self.exchange, failed, why, self._candidates[0].name)
         self._try()
         return True
 
@@ -383,8 +425,9 @@ class Call:
             return
         if isinstance(reason, ClientGone):
             # The channel is closing: the request must not be finished.
-            exchange.client_gone = True
-            exchange.error, exchange.error_kind = "client disconnected", "client_gone"
+            if not self._closed_after_end():
+                exchange.client_gone = True
+                exchange.error, exchange.error_kind = "client disconnected", "client_gone"
             self._complete()
             return
         if isinstance(reason, ClientStalled):
@@ -481,11 +524,27 @@ class Call:
         """
         if self._done:
             return
+        if self._closed_after_end():
+            self._stop(None, None)
+            return
         self.exchange.client_gone = True
         if self.exchange.error is None:
             self._stop("client disconnected", "client_gone")
         else:
             self._stop(self.exchange.error, self.exchange.error_kind or "client_gone")
+
+    def _closed_after_end(self) -> bool:
+        """
+        Whether a client that hangs up now has had the whole answer: the
+        stream's end was relayed and nothing went wrong (Codex closes on
+        ``response.completed``, before the upstream ends its body).  Then
+        the call is complete, with :attr:`Exchange.closed_after_end` set.
+        """
+        exchange = self.exchange
+        if exchange.stream_ended and exchange.error is None:
+            exchange.closed_after_end = True
+            return True
+        return False
 
     def abort(self) -> None:
         """
@@ -499,16 +558,17 @@ class Call:
         if transport is not None:
             transport.abortConnection()
 
-    def _stop(self, error: str, kind: str) -> None:
+    def _stop(self, error: str | None, kind: str | None) -> None:
         """
-        End the exchange with ``error`` and drop the upstream side.
+        End the exchange with ``error`` (None: it is complete) and drop the
+        upstream side.
         """
         self.exchange.error, self.exchange.error_kind = error, kind
         pending, self._upstream = self._upstream, None
         relay = self._relay
         self._complete()
         if pending is not None:
-            self._end_attempt(kind)
+            self._end_attempt(kind or "cancelled")
             pending.cancel()
         if relay is not None:
             relay.stop()
@@ -518,4 +578,4 @@ class Call:
             self._candidates[0].head_deadlines.stop(self)
 
 
-__all__ = ["Call", "BytesProducer", "classify"]
+__all__ = ["Call", "BytesProducer", "FailoverReport", "classify"]

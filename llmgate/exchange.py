@@ -192,6 +192,12 @@ class Exchange:
     error_kind: str | None = None
     #: The client went away before the answer was complete.
     client_gone: bool = False
+    #: The event that ends a complete stream (per the call's shape) was
+    #: relayed to the client.
+    stream_ended: bool = False
+    #: The client hung up after the stream's end was relayed but before the
+    #: upstream closed it: the answer is complete, not an error.
+    closed_after_end: bool = False
     session_id: str | None = None
     usage: dict[str, int] | None = None
     #: Free space for middleware, keyed by middleware name.

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 from twisted.web.server import Request
 
-from llmgate.call import BytesProducer, Call, classify
+from llmgate.call import BytesProducer, Call, FailoverReport, classify
 from llmgate.config import GatewayConfig, RouteConfig
 from llmgate.exchange import UNPARSED, Exchange, RequestRecord, new_exchange_id
 from llmgate.pipeline import Pipeline
@@ -69,6 +69,7 @@ class Forwarder:
         self.open_calls: dict[str, Call] = {}
         #: Calls refused here (no route, path not allowed), by reason.
         self.refused: Counter[str] = Counter()
+        self.failovers = FailoverReport(clock)
         self.include_stream_usage = config.usage.include_stream_usage
 
     @classmethod

@@ -205,6 +205,14 @@ class IApiShape(Interface):
         or None).
         """
 
+    def stream_ended(event):
+        """
+        Whether ``event`` (a :class:`llmgate.sse.ServerSentEvent`) is one
+        that only a complete stream carries (OpenAI's ``[DONE]``, Anthropic's
+        ``message_stop``...): once it is relayed, a client that hangs up has
+        the whole answer.  A shape that cannot tell says False.
+        """
+
     def usage_from_body(document):
         """
         The :class:`llmgate.usage.Usage` of a plain JSON answer, or None.

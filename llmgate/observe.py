@@ -48,12 +48,15 @@ class Observer:
             self._decoder = None
             self._parser = None
             self._usage = None
+            self._ended = None
             return
         self._room = capture_limit
         self._decoder = _decoder_for(record.header(b"content-encoding"))
         self._parser = SSEParser() if record.streaming else None
         shape = exchange.api if exchange.api is not None else shape_named(exchange.provider)
         self._usage = shape.stream_usage() if record.streaming else None
+        # A plugin shape written before stream_ended existed has none.
+        self._ended = getattr(shape, "stream_ended", None) if record.streaming else None
 
     def __call__(self, data: bytes) -> None:
         exchange = self._exchange
@@ -85,10 +88,14 @@ class Observer:
             record.truncated = True
             return
         usage = self._usage
+        ended = self._ended
         for event in events:
             record.event_count += 1
             if usage is not None:
                 usage.feed(event)
+            if ended is not None and ended(event):
+                exchange.stream_ended = True
+                self._ended = ended = None
             if self._room > 0:
                 record.events.append(event)
                 self._room -= len(event.data) + len(event.event)

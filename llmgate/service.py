@@ -139,6 +139,7 @@ class GatewayParts:
         self.site = GatewaySite(
             self.gateway.resource(),
             provider=self.provider,
+            shapes=self.forwarder.shapes,
             max_request_body=config.server.max_request_body,
             request_timeout=config.server.request_timeout,
             max_headers=config.server.max_headers,

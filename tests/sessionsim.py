@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import zlib
 from collections import Counter, deque
 from typing import Any, Iterator, Sequence
 
@@ -817,6 +818,12 @@ class ResponsesClient(Client):
         self.pending: list[Any] = []  # chained mode: what the next call adds
         self.previous: str | None = None
         self.string_input = self.rng.random() < 0.5
+        # Codex 0.171's way (from the key, so no draw moves the seeds): the
+        # whole input each time, its prompt a leading developer item and no
+        # instructions; always so where the prompt changes, to see it read.
+        self.developer = not self.chained and (
+            self.scenario == "system_changes" or zlib.crc32(self.key.encode()) % 2 == 0
+        )
 
     def path(self) -> str:
         return PATHS["responses"]
@@ -833,6 +840,12 @@ class ResponsesClient(Client):
         ):
             given = given[0]["content"]
         body: dict[str, Any] = {"model": "gpt-4.1-mini", "instructions": self.system, "input": given}
+        if self.developer:
+            del body["instructions"]
+            prompt = {"type": "message", "role": "developer",
+                      "content": [{"type": "input_text", "text": self.system}]}
+            given = [{"role": "user", "content": given}] if isinstance(given, str) else given
+            body["input"] = [prompt, *given]
         if self.chained and self.previous:
             body["previous_response_id"] = self.previous
         if not self.chained:

@@ -235,6 +235,25 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual((response.code, _upstream_of(response)), (418, b"teapot"))
         self.assertEqual(len(live.seen), 1)
 
+    def test_failovers_are_logged_once_a_minute_per_upstream_with_a_count(self) -> None:
+        from twisted.logger import capturedLogs
+
+        busy, live = Status(503), FakeUpstream(MemoryReactorClock())
+        gateway = Routed(
+            [{"upstream": ["busy", "live"]}], busy=(busy, {"eject_after": 1000}), live=live
+        )
+        with capturedLogs() as events:
+            for _ in range(5):
+                response, _ = gateway.call("/v1/chat/completions", CHAT)
+                self.assertEqual(_upstream_of(response), b"live")
+            gateway.clock.advance(61)
+            gateway.call("/v1/chat/completions", CHAT)
+        lines = [e for e in events if e.get("upstream") == "busy" and "trying" in e["log_format"]]
+        self.assertEqual(busy.seen, 6)
+        self.assertEqual(len(lines), 2)
+        self.assertEqual(lines[0]["why"], "answered 503")
+        self.assertEqual(lines[1]["count"], 5)
+
     def test_the_last_upstreams_failure_is_the_answer_and_names_it(self) -> None:
         gateway = Routed(
             [{"upstream": ["a", "b"]}],

@@ -84,6 +84,41 @@ class BodyLimitTests(SynchronousTestCase):
         self.assertEqual(body["error"]["type"], "request_too_large")
         self.assertEqual(self.resource.bodies, [])
 
+    def test_a_refused_body_of_an_anthropic_call_gets_anthropics_error_shape(self) -> None:
+        # The default upstream is OpenAI's; the call's path decides the shape.
+        for data in (
+            b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n",
+            b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"80\r\n" + b"x" * 128 + b"\r\n",
+        ):
+            protocol, transport = self.connect(provider=OPENAI)
+            protocol.dataReceived(data)
+            head, body = self.split(transport)
+            self.assertTrue(head.startswith(b"HTTP/1.1 413 "), head)
+            self.assertEqual(body["type"], "error")
+            self.assertEqual(body["error"]["type"], "request_too_large")
+
+    def test_a_refused_body_of_an_openai_call_gets_openais_error_shape(self) -> None:
+        protocol, transport = self.connect(provider=ANTHROPIC)
+        protocol.dataReceived(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n"
+        )
+        head, body = self.split(transport)
+        self.assertTrue(head.startswith(b"HTTP/1.1 413 "))
+        self.assertEqual(body["error"]["type"], "invalid_request_error")
+        self.assertEqual(body["error"]["code"], "request_too_large")
+
+    def test_a_refused_body_leaves_no_request_timeout_behind(self) -> None:
+        clock = Clock()
+        site = GatewaySite(Recorder(), provider=OPENAI, max_request_body=100, clock=clock)
+        protocol, transport = connect(site)
+        protocol.dataReceived(b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n")
+        self.assertIn(b" 413 ", transport.value())
+        written = transport.value()
+        clock.advance(site.request_timeout + 1)
+        self.assertEqual(site.refused["request_timeout"], 0)
+        self.assertEqual(transport.value(), written)
+
     def test_expect_continue_is_not_answered_for_a_refused_body(self) -> None:
         protocol, transport = self.connect()
         protocol.dataReceived(
@@ -482,3 +517,42 @@ class RefusedConnectionTests(SynchronousTestCase):
         self.assertEqual(resource.bodies, [])
         self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1)
         self.assertEqual(site.refused_bodies, 1)
+
+
+class RefusalShapeTests(SynchronousTestCase):
+    """
+    Errors the server writes before routing (408, 431) take the shape of the
+    call's path, whatever the default upstream's type.
+    """
+
+    def connect(self):
+        self.clock = Clock()
+        site = GatewaySite(
+            Recorder(), provider=OPENAI, max_request_body=100, clock=self.clock,
+            request_timeout=5, max_header_bytes=200,
+        )
+        site.doStart()
+        self.addCleanup(site.doStop)
+        return connect(site)
+
+    def body(self, transport: StringTransport) -> dict:
+        return json.loads(transport.value().partition(b"\r\n\r\n")[2])
+
+    def test_headers_too_large_on_an_anthropic_path_get_anthropics_shape(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nx-big: " + b"y" * 300 + b"\r\n")
+        self.assertIn(b" 431 ", transport.value())
+        self.assertEqual(self.body(transport)["type"], "error")
+
+    def test_a_request_too_slow_on_an_anthropic_path_gets_anthropics_shape(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"POST /v1/messages HTTP/1.1\r\nHost: a\r\n")
+        self.clock.advance(6)
+        self.assertIn(b" 408 ", transport.value())
+        self.assertEqual(self.body(transport)["type"], "error")
+
+    def test_a_request_too_slow_on_an_openai_path_gets_openais_shape(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"POST /v1/responses HTTP/1.1\r\nHost: a\r\n")
+        self.clock.advance(6)
+        self.assertEqual(self.body(transport)["error"]["code"], "request_timeout")

@@ -793,6 +793,148 @@ def test_refusals_are_part_of_the_answer() -> None:
     assert next_a.session_id == a.session_id
 
 
+_GEMINI_PLUGIN = '''
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+from llmgate.interfaces import IApiShape
+from llmgate.providers.base import Shape
+from llmgate.sessions.canonical import History, digest_reduced
+
+
+def _turn(content):
+    role = "assistant" if content.get("role") == "model" else "user"
+    text = "".join(p.get("text", "") for p in content.get("parts", []))
+    return {"role": role, "content": text}
+
+
+@implementer(IPlugin, IApiShape)
+class Gemini(Shape):
+    name = "gemini"
+    system = "gemini"
+    priority = 200
+    suffixes = (b":generateContent",)
+
+    def history(self, body):
+        contents = body.get("contents") if isinstance(body, dict) else None
+        if not isinstance(contents, list):
+            return None
+        return History(
+            system=digest_reduced(("system", [])),
+            messages=[_turn(c) for c in contents],
+            provider="openai-chat",
+        )
+
+    def answer_from_body(self, document):
+        return _turn(document["candidates"][0]["content"])
+
+
+gemini = Gemini()
+'''
+
+
+class PluginShapeTests(SynchronousTestCase):
+    """
+    A third-party shape's own reading of a history is the one sessions use.
+    """
+
+    def gemini(self) -> Any:
+        import importlib
+        import sys
+        from pathlib import Path
+
+        from llmgate.providers.registry import with_plugins
+
+        root = Path(self.mktemp()).absolute()
+        directory = root / "fake_session_plugins"
+        directory.mkdir(parents=True)
+        (directory / "__init__.py").write_text("")
+        (directory / "gemini_shape.py").write_text(_GEMINI_PLUGIN)
+        sys.path.insert(0, str(root))
+        self.addCleanup(sys.path.remove, str(root))
+        self.addCleanup(sys.modules.pop, "fake_session_plugins", None)
+        self.addCleanup(sys.modules.pop, "fake_session_plugins.gemini_shape", None)
+        shapes = with_plugins("openai", importlib.import_module("fake_session_plugins"))
+        return shapes.for_path(PATH_GEMINI)
+
+    def exchange(self, shape: Any, contents: list[Any]) -> Exchange:
+        return Exchange(
+            id="g",
+            provider=shape.name,
+            api=shape,
+            request=RequestRecord(
+                b"POST", PATH_GEMINI, Headers(), json.dumps({"contents": contents}).encode()
+            ),
+            received=0.0,
+        )
+
+    def test_a_plugin_shapes_history_labels_and_continues_a_session(self) -> None:
+        shape = self.gemini()
+        self.assertEqual(shape.name, "gemini")
+        stage = SessionStage(SessionDetector(MemorySessionStore(Clock()), SessionConfig()))
+        hello = {"role": "user", "parts": [{"text": "Hi there"}]}
+        first = self.exchange(shape, [hello])
+        stage.request_received(first)
+        self.assertTrue(first.session_id)
+        self.assertEqual(first.notes["session_how"], NEW)
+        reply = {"role": "model", "parts": [{"text": "Hello!"}]}
+        first.response = ResponseRecord(
+            status=200, headers=[],
+            body=bytearray(json.dumps({"candidates": [{"content": reply}]}).encode()),
+        )
+        stage.exchange_finished(first)
+        second = self.exchange(shape, [hello, reply, {"role": "user", "parts": [{"text": "more"}]}])
+        stage.request_received(second)
+        self.assertEqual((second.session_id, second.notes["session_how"]), (first.session_id, CONTINUED))
+
+
+PATH_GEMINI = b"/v1beta/models/gemini-pro:generateContent"
+
+
+def codex(prompt: str, *items: Any) -> Any:
+    """
+    A Codex 0.171 call: its prompt as leading developer items, no instructions.
+    """
+    developer = {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": prompt}]}
+    body = {"model": "gpt-x", "stream": True, "input": [developer, *items]}
+    return history_of("openai-responses", b"/v1/responses", body)
+
+
+def codex_user(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def codex_answer(text: str) -> dict[str, Any]:
+    from llmgate.providers.openai_responses import responses_answer
+
+    item = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+    return responses_answer([item])
+
+
+class CodexPromptTests(SynchronousTestCase):
+    def test_leading_developer_items_are_the_system_prompt(self) -> None:
+        one = codex("You are Codex, v1.", codex_user("Fix the test"))
+        two = codex("You are Codex, v2.", codex_user("Fix the test"))
+        self.assertEqual(len(one.messages), 1)
+        self.assertNotEqual(one.system, two.system)
+        plain = history_of("openai-responses", b"/v1/responses", {"input": [codex_user("Fix the test")]})
+        self.assertEqual(plain.messages, one.messages)
+        self.assertNotEqual(plain.system, one.system)
+
+    def test_a_changed_codex_prompt_takes_the_system_changed_path(self) -> None:
+        from llmgate.sessions.detect import SYSTEM_CHANGED
+
+        gateway = Gateway()
+        opening = codex_user("Fix the failing test")
+        answer = codex_answer("Done: the test passes.")
+        first = gateway.call(codex("You are Codex, v1.", opening), answer)
+        turns = [opening, *answer["output"], codex_user("Now commit it")]
+        same = gateway.call(codex("You are Codex, v1.", *turns), codex_answer("Committed."))
+        self.assertEqual((same.session_id, same.how), (first.session_id, CONTINUED))
+        turns += [*codex_answer("Committed.")["output"], codex_user("Push it")]
+        changed = gateway.call(codex("You are Codex, v2 (new tools).", *turns))
+        self.assertEqual((changed.session_id, changed.how), (first.session_id, SYSTEM_CHANGED))
+
+
 class SessionIdTests(SynchronousTestCase):
     """
     Session ids are unguessable labels made without a system call.

@@ -148,6 +148,13 @@ class TraceDocumentTests(SynchronousTestCase):
         self.assertEqual(document["error"], {"kind": "upstream_refused", "message": "upstream unreachable"})
         self.assertIsNone(document["response"])
 
+    def test_a_client_closing_after_the_end_is_a_note_not_an_error(self) -> None:
+        ex = exchange()
+        ex.stream_ended = ex.closed_after_end = True
+        _, document = self.write(ex)
+        self.assertNotIn("error", document)
+        self.assertEqual(document["note"], "client closed after the end of the stream")
+
     def test_files_are_named_by_time_and_id_and_written_atomically(self) -> None:
         first = exchange()
         second = exchange()

@@ -149,8 +149,8 @@ class GatewayRequest(Request):
         site: GatewaySite = self.channel.site
         site.refused["body_too_large"] += 1
         limit = site.max_request_body
-        body = site.provider.error_body(
-            413, f"request body exceeds {limit} bytes", "request_too_large"
+        body = site.error_body(
+            self.channel, 413, f"request body exceeds {limit} bytes", "request_too_large"
         )
         transport = self.channel.transport
         transport.write(
@@ -161,6 +161,9 @@ class GatewayRequest(Request):
             + body
         )
         channel = self.channel
+        if isinstance(channel, GatewayChannel):
+            # Refused: no 408 may follow for the body it will never send.
+            channel._cancel_deadline()
         channel.loseConnection()
         if isinstance(channel, GatewayChannel):
             channel.ignore_the_rest()
@@ -434,7 +437,7 @@ class GatewayChannel(HTTPChannel):
         self._refused = True
         site: GatewaySite = self.site
         site.refused[reason] += 1
-        body = site.provider.error_body(status, message, reason)
+        body = site.error_body(self, status, message, reason)
         phrase = {
             400: b"Bad Request",
             408: b"Request Timeout",
@@ -482,9 +485,14 @@ class GatewaySite(Site):
         clock: Any = None,
         idle_timeout: float = 120.0,
         send_at_once: bool = True,
+        shapes: Any = None,
         **kwargs: Any,
     ) -> None:
         """
+        :param shapes: the gateway's API shapes
+            (:class:`llmgate.providers.registry.Shapes`), by which an error
+            written before routing takes the shape of the call's path; None
+            for the built-in ones.
         :param send_at_once: write answers to the socket at once rather than
             on the loop's next turn.  False when the end of a call writes to
             a shared store (Redis sessions): then the store's write leaves in
@@ -504,6 +512,9 @@ class GatewaySite(Site):
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
         self.send_at_once = send_at_once
+        if shapes is None:
+            from llmgate.providers.registry import DEFAULT as shapes
+        self.shapes = shapes
         self.refused: Counter[str] = Counter()
         self._date_second = -1
         self._date = b""
@@ -517,6 +528,21 @@ class GatewaySite(Site):
             self._date_second = now
             self._date = datetimeToString(now)
         return self._date
+
+    def error_body(self, channel: Any, status: int, message: str, code: str) -> bytes:
+        """
+        An error the server writes itself (413, 408, 431, 400), in the shape
+        of the call's path when its request line was read (an Anthropic
+        ``/v1/messages`` call gets Anthropic's), else of the default
+        upstream's type.
+        """
+        target = getattr(channel, "_path", None)
+        if isinstance(target, bytes) and target.startswith(b"/"):
+            shapes = self.shapes
+            shape = shapes.for_path(target.split(b"?", 1)[0])
+            if shape is not shapes.opaque:
+                return shape.error_body(status, message, code)
+        return self.provider.error_body(status, message, code)
 
     @property
     def refused_bodies(self) -> int:

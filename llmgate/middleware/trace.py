@@ -249,6 +249,7 @@ class TraceMiddleware(Middleware):
             "error": exchange.error,
             "error_kind": exchange.error_kind,
             "client_gone": exchange.client_gone,
+            "closed_after_end": exchange.closed_after_end,
         }
 
     def _render_some(self) -> None:
@@ -446,6 +447,9 @@ class TraceMiddleware(Middleware):
         }
         if snap["error"] is not None:
             document["error"] = {"kind": snap["error_kind"], "message": snap["error"]}
+        elif snap.get("closed_after_end"):
+            # Complete: the client hung up after the stream's end event.
+            document["note"] = "client closed after the end of the stream"
         return document
 
     def _body(self, key: str, body: bytes, size: int, parsed: Any = None) -> dict[str, Any]:

@@ -163,6 +163,11 @@ class _AnthropicShape(Shape):
 
         return StreamUsage("anthropic")
 
+    def stream_ended(self, event: ServerSentEvent) -> bool:
+        return event.event == "message_stop" or (
+            event.event == "message" and '"message_stop"' in event.data[:40]
+        )
+
 
 @implementer(IApiShape)
 class Messages(_AnthropicShape):

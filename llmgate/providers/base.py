@@ -111,6 +111,9 @@ class Shape:
     def stream_answer(self) -> Any:
         return NoAnswer()
 
+    def stream_ended(self, event: ServerSentEvent) -> bool:
+        return False
+
     def usage_from_body(self, document: Any) -> Any:
         from llmgate.usage import any_usage
 

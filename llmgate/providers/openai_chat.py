@@ -174,6 +174,17 @@ class ChatStream:
 class _OpenAIShape(Shape):
     system = "openai"
 
+    def stream_ended(self, event: ServerSentEvent) -> bool:
+        """
+        ``[DONE]``, or a chunk that gives a finish reason: what follows it
+        (a usage chunk, ``[DONE]``) adds nothing to the answer.
+        """
+        data = event.data
+        return data == "[DONE]" or (
+            event.event == "message"
+            and ('"finish_reason":"' in data or '"finish_reason": "' in data)
+        )
+
     def usage_from_body(self, document: Any) -> Any:
         from llmgate.usage import openai_usage
 

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from llmgate.interfaces import IApiShape
 from llmgate.providers.openai_chat import _OpenAIShape
-from llmgate.sessions.canonical import History, _reduce_content, digest_reduced
+from llmgate.sessions.canonical import History, _reduce_content, _role, digest_reduced
 from llmgate.sse import ServerSentEvent
 
 
@@ -27,9 +27,17 @@ def responses_history(body: Any) -> History | None:
     # Clients may or may not send reasoning items back: they never count.
     items = [i for i in items if not (isinstance(i, dict) and i.get("type") == "reasoning")]
     previous = body.get("previous_response_id")
+    # Codex sends its prompt as leading developer (or system) items and no
+    # instructions: they are the system prompt, as chat's leading messages.
+    start = 0
+    while start < len(items) and _role(items[start]) == "system":
+        start += 1
+    system: Any = _reduce_content(body.get("instructions"))
+    if start:
+        system = [system, *(_reduce_content(i.get("content")) for i in items[:start])]
     return History(
-        system=digest_reduced(("system", _reduce_content(body.get("instructions")))),
-        messages=items,
+        system=digest_reduced(("system", system)),
+        messages=items[start:],
         provider="openai-responses",
         previous_response_id=previous if isinstance(previous, str) else None,
     )
@@ -153,6 +161,16 @@ class Responses(_OpenAIShape):
 
     def stream_answer(self) -> ResponsesStream:
         return ResponsesStream()
+
+    def stream_ended(self, event: ServerSentEvent) -> bool:
+        """
+        ``response.completed`` (Codex hangs up on it), or ``[DONE]``.
+        """
+        name = event.event
+        if name == "response.completed" or event.data == "[DONE]":
+            return True
+        # A server that names no events says the type in the data only.
+        return name == "message" and '"type":"response.completed"' in event.data[:64].replace(" ", "")
 
 
 RESPONSES = Responses()
