@@ -77,9 +77,13 @@ first=""
 for name in "${NAMES[@]}"; do
     port=$((BASE_PORT + i)); i=$((i + 1))
     out="$WORK/callgrind-$name.out"
+    # A config with its own upstreams names the upstream itself (through
+    # BENCH_COMPARE_PORT); --base-url would be the one-upstream shorthand.
+    upstream=(--base-url "$UPSTREAM_URL" --type openai)
+    grep -q '^upstreams:' "$HERE/configs/$name.yaml" && upstream=()
     (cd "$WORK" && OTEL_BSP_SCHEDULE_DELAY=60000 exec valgrind --tool=callgrind \
         --callgrind-out-file="$out" "$PY" "$TWISTD" --nodaemon --pidfile= llmgate \
-        --config "$HERE/configs/$name.yaml" --base-url "$UPSTREAM_URL" --type openai \
+        --config "$HERE/configs/$name.yaml" "${upstream[@]}" \
         --host 127.0.0.1 --port "$port") >"$WORK/gateway-$name.log" 2>&1 &
     pid=$!
     GW_PID[$name]=$pid; GW_ORDER+=("$name")
