@@ -107,8 +107,6 @@ def main():
                              f"{b['lat_p90_us']/1000:.2f}/{b['lat_p99_us']/1000:.2f}")
         print(f"  rep {r}: " + "; ".join(parts))
     for t in names:
-        c = [cpu.get((case, t, r)) for case in ("c64", "c1") for r in reps]
-        others = [1 - (x["gw_ticks_wall"] / x["clk_tck"]) / (x["wall"] or 1) for x in c if x]
         rec = files.get(t, {})
         answered = sum(runs[k]["requests"] for k in runs if k[1] == t)
         if rec.get("traces", -1) >= 0:

@@ -142,9 +142,10 @@ class TraceMiddleware(Middleware):
         self.pending = 0
         self._idle: list[Deferred[None]] = []
         self._files: deque[str] = deque(self._existing_files())
-        # One writer thread, started on first use, fed through a queue whose
-        # length ``pending`` bounds; it reports back once per batch, so a busy
-        # gateway is not woken once per trace.
+        # One writer thread, started on first use, fed a batch of rendered
+        # traces at most every GATHER_SECONDS; ``pending`` bounds what waits
+        # to be rendered or written; it reports back once per batch, so a
+        # busy gateway is not woken once per trace.
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._to_render: deque[dict[str, Any]] = deque()
@@ -210,8 +211,8 @@ class TraceMiddleware(Middleware):
 
     def _snapshot(self, exchange: Exchange) -> dict[str, Any]:
         """
-        The exchange's final values, copied so the writer thread never
-        touches live objects.
+        The exchange's final values, copied at its end so that rendering on a
+        later turn of the loop sees them as they were.
         """
         response = exchange.response
         return {
@@ -219,7 +220,6 @@ class TraceMiddleware(Middleware):
             "wall_time": time.time(),
             "provider": exchange.api.system if exchange.api is not None else exchange.provider,
             "api": exchange.provider,
-            # A shape is pure and stateless: the writer thread may use it.
             "shape": exchange.api if exchange.api is not None else exchange.provider,
             "upstream": exchange.upstream,
             "attempts": [attempt.as_dict() for attempt in exchange.attempts],
@@ -241,7 +241,7 @@ class TraceMiddleware(Middleware):
             "session_decision": exchange.notes.get("session_how"),
             "model": exchange.model,
             "usage": exchange.usage,
-            # Parsed already by another stage, or left for the writer thread.
+            # Parsed already by another stage, or parsed when rendered.
             "document": response.parsed_document() if response else UNPARSED,
             "answer": exchange.built_answer(),
             "duration": exchange.duration,
