@@ -25,7 +25,6 @@ from llmgate.forward import Forwarder
 from llmgate.metrics import Metrics, wants_prometheus
 from llmgate.http.server import GatewayRequest
 from llmgate.limits import RefusalReport
-from llmgate.routing import path_allowed
 
 #: The gateway's own endpoints; every other path is relayed upstream.
 OWN_PATHS = frozenset({b"/health", b"/config", b"/metrics"})
@@ -35,9 +34,6 @@ PROXY_METHODS = (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTION
 
 #: An origin-form target the upstream client can send: printable ASCII only.
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
-
-
-_path_allowed = path_allowed
 
 
 def _json(request: Request, document: Any, status: int = 200) -> bytes:
@@ -136,10 +132,8 @@ class Gateway:
         return self.ui.page(request)
 
     @app.route("/api/", branch=True, methods=["GET", "HEAD"])
+    @admin_only
     def ui_api(self, request: Request) -> Any:
-        refused = self._admin_refusal(request)
-        if refused is not None:
-            return refused
         return self.ui.api(request)
 
     def proxy(self, request: Request) -> Any:

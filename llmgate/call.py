@@ -209,13 +209,6 @@ class Call:
 
     # -- upstream request ------------------------------------------------------
 
-    @property
-    def upstream(self) -> Upstream | None:
-        """
-        The upstream being tried, or that answered.
-        """
-        return self._candidates[0] if self._candidates else None
-
     def _send(self) -> None:
         forwarder = self.forwarder
         exchange = self.exchange

@@ -223,7 +223,7 @@ class Exchange:
             ):
                 from llmgate.answer import StreamAnswer, answer_from_body
 
-                shape = self.api if self.api is not None else self.provider
+                shape = self.shape
                 if response.streaming:
                     assembler = StreamAnswer(shape)
                     for event in response.events:
@@ -241,6 +241,22 @@ class Exchange:
         :data:`UNPARSED`.
         """
         return self._answer
+
+    @property
+    def shape(self) -> Any:
+        """
+        The call's API shape, or its name when the exchange was built
+        without one: what the readers of answers and usage take.
+        """
+        return self.api if self.api is not None else self.provider
+
+    @property
+    def system(self) -> str:
+        """
+        The provider family the call speaks to (``openai``, ``anthropic``),
+        as traces, metrics and the live view name it.
+        """
+        return self.api.system if self.api is not None else self.provider
 
     @property
     def request_json(self) -> Any:

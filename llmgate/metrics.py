@@ -175,8 +175,7 @@ class Metrics(Middleware):
 
     def exchange_finished(self, exchange: Exchange) -> None:
         model = self._model(exchange.model)
-        api = exchange.api
-        provider = api.system if api is not None else exchange.provider
+        provider = exchange.system
         upstream = exchange.upstream or "none"
         self.requests[
             (provider, model, status_class(exchange), upstream, exchange.provider)

@@ -118,9 +118,7 @@ class Observer:
             document = self._record.document()
             if document is not None:
                 exchange = self._exchange
-                usage = usage_from_body(
-                    exchange.api if exchange.api is not None else exchange.provider, document
-                )
+                usage = usage_from_body(exchange.shape, document)
         if usage is not None:
             self._exchange.usage = usage.as_dict()
 

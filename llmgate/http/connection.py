@@ -168,7 +168,6 @@ class UpstreamConnection(Protocol):
         self.unsent = False
         #: Requests written on this connection.
         self.requests = 0
-        self.sent_at = 0.0
         self.idle_since = 0.0
 
     @property
@@ -195,14 +194,10 @@ class UpstreamConnection(Protocol):
         self._response = None
         self.answering = False
         self.requests += 1
-        self.sent_at = self._pool.clock.seconds()
         self._waiter = waiter
-        first = True
-        for part in data:
-            taken = send_now(self.transport, part)
-            if first:
-                self.unsent = taken is False
-                first = False
+        self.unsent = send_now(self.transport, data[0]) is False
+        for part in data[1:]:
+            send_now(self.transport, part)
 
     def abandon(self) -> None:
         """
@@ -278,7 +273,7 @@ class UpstreamConnection(Protocol):
             parser.keep_alive = False
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif not self._lost:
-            self._resume_transport()
+            self.resume()
             parser.state = IDLE
             self._pool._release(self)
         if response is not None:
@@ -373,11 +368,6 @@ class UpstreamConnection(Protocol):
 
     def resume(self) -> None:
         if self._paused and not self._lost:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def _resume_transport(self) -> None:
-        if self._paused:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
 

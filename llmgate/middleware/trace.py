@@ -218,9 +218,9 @@ class TraceMiddleware(Middleware):
         return {
             "id": exchange.id,
             "wall_time": time.time(),
-            "provider": exchange.api.system if exchange.api is not None else exchange.provider,
+            "provider": exchange.system,
             "api": exchange.provider,
-            "shape": exchange.api if exchange.api is not None else exchange.provider,
+            "shape": exchange.shape,
             "upstream": exchange.upstream,
             "attempts": [attempt.as_dict() for attempt in exchange.attempts],
             "method": exchange.request.method,

@@ -16,6 +16,7 @@ from llmgate.interfaces import IApiShape
 from llmgate.providers.base import Shape, role_of
 from llmgate.sessions.canonical import History, _reduce_content, digest_reduced
 from llmgate.sse import ServerSentEvent
+from llmgate.usage import StreamUsage, anthropic_usage
 
 
 def messages_history(body: Any) -> History | None:
@@ -154,13 +155,9 @@ class _AnthropicShape(Shape):
     system = "anthropic"
 
     def usage_from_body(self, document: Any) -> Any:
-        from llmgate.usage import anthropic_usage
-
         return anthropic_usage(document.get("usage")) if isinstance(document, dict) else None
 
     def stream_usage(self) -> Any:
-        from llmgate.usage import StreamUsage
-
         return StreamUsage("anthropic")
 
     def stream_ended(self, event: ServerSentEvent) -> bool:

@@ -10,6 +10,7 @@ import json
 from typing import Any, Mapping
 
 from llmgate.sse import ServerSentEvent
+from llmgate.usage import StreamUsage, any_usage
 
 _OPENAI_ERROR_TYPES: Mapping[int, str] = {
     400: "invalid_request_error",
@@ -100,7 +101,7 @@ class Shape:
     suffixes: tuple[bytes, ...] = ()
 
     def recognises(self, path: bytes) -> bool:
-        return path.endswith(self.suffixes) if self.suffixes else False
+        return path.endswith(self.suffixes)
 
     def history(self, body: Any) -> Any:
         return None
@@ -115,13 +116,9 @@ class Shape:
         return False
 
     def usage_from_body(self, document: Any) -> Any:
-        from llmgate.usage import any_usage
-
         return any_usage(document)
 
     def stream_usage(self) -> Any:
-        from llmgate.usage import StreamUsage
-
         return StreamUsage(None)
 
     def error_body(self, status: int, message: str, code: str | None = None) -> bytes:

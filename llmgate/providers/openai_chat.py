@@ -13,6 +13,7 @@ from llmgate.interfaces import IApiShape
 from llmgate.providers.base import Shape, role_of
 from llmgate.sessions.canonical import History, _reduce_content, _role, digest_reduced
 from llmgate.sse import ServerSentEvent
+from llmgate.usage import StreamUsage, openai_usage
 
 
 def chat_history(body: Any) -> History | None:
@@ -186,13 +187,9 @@ class _OpenAIShape(Shape):
         )
 
     def usage_from_body(self, document: Any) -> Any:
-        from llmgate.usage import openai_usage
-
         return openai_usage(document.get("usage")) if isinstance(document, dict) else None
 
     def stream_usage(self) -> Any:
-        from llmgate.usage import StreamUsage
-
         return StreamUsage("openai")
 
 

@@ -16,10 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import attrs
 
-try:
-    import orjson
-except ImportError:  # pragma: no cover - a dependency; the slow path is exact too
-    orjson = None  # type: ignore[assignment]
+from llmgate.fastjson import orjson
 
 DIGEST_SIZE = 16  # 128-bit BLAKE2b: collision-free for any realistic traffic
 

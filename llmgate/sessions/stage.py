@@ -59,7 +59,7 @@ class SessionStage(Middleware):
     def request_received(self, exchange: Exchange) -> Any:
         named = self.client_session(exchange.request.headers)
         # The call's shape itself: a plugin's shape is in no registry here.
-        shape = exchange.api if exchange.api is not None else exchange.provider
+        shape = exchange.shape
         history = history_of(shape, exchange.request.path, exchange.request_json)
         if history is None:
             if named:

@@ -271,7 +271,7 @@ class TraceIndex:
             calls.insert(bisect.bisect_right(times, when), call.id)
         session.tokens_in += call.tokens_in
         session.tokens_out += call.tokens_out
-        if call.error is not None or (call.status or 0) >= 400:
+        if call.failed:
             session.errors += 1
         if when < session.first:
             session.first = when

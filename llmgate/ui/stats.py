@@ -54,7 +54,7 @@ class MinuteStats:
         bucket.calls += 1
         bucket.tokens_in += call.tokens_in
         bucket.tokens_out += call.tokens_out
-        if call.error is not None or (call.status or 0) >= 400:
+        if call.failed:
             bucket.errors += 1
         latency = call.duration_ms
         if latency is not None:

@@ -139,27 +139,23 @@ def summary_of_exchange(
     response = exchange.response
     usage = exchange.usage or {}
     preview = scrub(_last_user_text(exchange.request_json)[:MAX_PREVIEW]) if with_text else ""
-    received = exchange.received
-    ended = exchange.ended_at
-    first = exchange.first_byte_at
-    api = getattr(exchange, "api", None)  # as the trace names them (routing)
-    attempts = getattr(exchange, "attempts", None)
+    attempts = exchange.attempts
     # Positional, in field order: this runs for every call.
     return CallSummary(
         exchange.id,
         wall,
         None,
         exchange.session_id,
-        api.system if api is not None else exchange.provider,
+        exchange.system,
         exchange.model,
         exchange.request.path.decode("utf-8", "replace"),
         response.status if response is not None else exchange.sent_status,
-        None if ended is None else round((ended - received) * 1000, 3),
-        None if first is None else round((first - received) * 1000, 3),
+        _ms(exchange.duration),
+        _ms(exchange.ttfb),
         usage.get("input_tokens") or 0,
         usage.get("output_tokens") or 0,
         exchange.notes.get("session_how"),
-        getattr(exchange, "upstream", None),
+        exchange.upstream,
         len(attempts) if attempts else None,
         exchange.error,
         response is not None and response.streaming,

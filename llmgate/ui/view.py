@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from llmgate.middleware.live import Hub, LiveFeed
 from llmgate.ui.events import EventStream
@@ -156,8 +156,7 @@ class LiveView:
         if calls is None:
             if not in_flight:
                 return _json(request, {"error": "no such session", "ready": self.index.ready}, 404)
-            calls = Deferred()
-            calls.callback([])
+            calls = succeed([])
 
         def answer(found: list[dict[str, Any]]) -> bytes:
             return _json(
