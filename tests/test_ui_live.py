@@ -168,6 +168,27 @@ class EventStreamTests(SynchronousTestCase):
                 found.append((lines["event"], json.loads(lines["data"])))
         return found
 
+    def test_a_message_is_serialised_once_for_every_follower(self) -> None:
+        from llmgate.middleware import live
+
+        dumped: list[Any] = []
+        real = live.fastjson.dumps
+
+        def counting(value: Any) -> bytes:
+            dumped.append(value)
+            return real(value)
+
+        self.patch(live.fastjson, "dumps", counting)
+        other = request(b"/api/events")
+        EventStream(self.request, self.hub, self.clock)
+        EventStream(other, self.hub, self.clock)
+        self.hub.publish("call_started", {"id": "a", "session_id": "s1"})
+        self.hub.publish("call_started", {"id": "b", "session_id": "s1"})
+        self.clock.advance(WRITE_SECONDS)
+        self.assertEqual(len(dumped), 2)
+        self.assertEqual(b"".join(other.written[1:]), b"".join(self.request.written[1:]))
+        self.assertEqual([e[1]["id"] for e in self.events()], ["a", "b"])
+
     def test_messages_of_the_session_are_written_as_server_sent_events(self) -> None:
         stream = EventStream(self.request, self.hub, self.clock, session="s1")
         self.assertEqual(self.request.responseHeaders.getRawHeaders(b"content-type"), [b"text/event-stream; charset=utf-8"])

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from llmgate import fastjson
 from llmgate.exchange import Exchange
 from llmgate.middleware import Middleware
 from llmgate.sse import ServerSentEvent
@@ -34,6 +35,7 @@ class Hub:
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self._framed: tuple[dict[str, Any], bytes] | None = None
 
     @property
     def active(self) -> bool:
@@ -51,7 +53,19 @@ class Hub:
 
         return unsubscribe
 
+    def frame(self, kind: str, data: dict[str, Any]) -> bytes:
+        """
+        ``data`` as one Server-Sent Event, serialised once for every
+        follower of the message being published.
+        """
+        framed = self._framed
+        if framed is None or framed[0] is not data:
+            encoded = b"event: %s\ndata: %s\n\n" % (kind.encode("ascii"), fastjson.dumps(data))
+            framed = self._framed = (data, encoded)
+        return framed[1]
+
     def publish(self, kind: str, data: dict[str, Any]) -> None:
+        self._framed = None
         for subscriber in list(self._subscribers):
             try:
                 subscriber(kind, data)

@@ -16,7 +16,6 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from llmgate import fastjson
 from llmgate.middleware.live import Hub
 
 #: A comment line this often keeps proxies and browsers from timing out.
@@ -74,7 +73,7 @@ class EventStream:
         if self.paused:
             self.dropped += 1
             return
-        self._pending.append(b"event: %s\ndata: %s\n\n" % (kind.encode("ascii"), fastjson.dumps(data)))
+        self._pending.append(self.hub.frame(kind, data))
         if self._timer is None:
             self._timer = self.reactor.callLater(WRITE_SECONDS, self._write)
 
