@@ -322,6 +322,13 @@ class GatewayConfig:
     #: Where the file part came from, for messages; None when there was none.
     source: str | None = None
 
+    @property
+    def injects_key(self) -> bool:
+        """
+        Whether any upstream has a key of the gateway's to inject.
+        """
+        return any(up.api_key is not None for up in self.upstreams.values())
+
     def redacted(self) -> dict[str, Any]:
         """
         The configuration as plain data with every secret replaced by whether
@@ -508,8 +515,7 @@ def _refuse_open_relay(config: GatewayConfig) -> None:
     anyone in spends the key for anyone: refuse it unless it is meant.
     """
     server = config.server
-    injects = any(up.api_key is not None for up in config.upstreams.values())
-    if not injects or config.auth.enabled or server.allow_open_relay:
+    if not config.injects_key or config.auth.enabled or server.allow_open_relay:
         return
     if server.listen is not None:
         if not server.listen.startswith(("unix:", "systemd:")) and not _loopback_listen(

@@ -320,8 +320,7 @@ class GatewayService(MultiService):
 
     def _ready(self) -> None:
         config = self.config
-        injects = any(u.api_key for u in config.upstreams.values())
-        if config.server.allow_open_relay and injects and not config.auth.enabled:
+        if config.server.allow_open_relay and config.injects_key and not config.auth.enabled:
             self.log.warn(
                 "server.allow_open_relay is set: anyone who can reach {listen} spends "
                 "the injected key",
@@ -348,7 +347,7 @@ class GatewayService(MultiService):
                 f"{name} {_without_userinfo(u.base_url)}" for name, u in config.upstreams.items()
             ),
             provider=", ".join(sorted({u.type for u in config.upstreams.values()})),
-            key="injected" if injects else "from clients",
+            key="injected" if config.injects_key else "from clients",
             middleware=", ".join(m.type for m in config.middlewares if m.enabled) or "none",
             traces=", ".join(str(t) for t in traces) or "off",
             console=config.manhole.listen if config.manhole.enabled else "off",
