@@ -22,6 +22,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from llmgate.exchange import Attempt, Exchange, LocalAnswer, ResponseRecord
+from llmgate.limits import OncePerInterval
 from llmgate.http.headers import inbound_response_headers, outbound_request_headers
 from llmgate.http.relay import ClientGone, ClientStalled, Relay, StreamIdle
 from llmgate.http.upstream import BODY_METHODS
@@ -121,22 +122,17 @@ class FailoverReport:
     """
 
     log = Logger()
-    interval = 60.0
 
     def __init__(self, clock: IReactorTime) -> None:
-        self.clock = clock
-        #: By upstream name: (time of its last line, failovers since).
-        self._upstreams: dict[str, tuple[float, int]] = {}
+        self._due = OncePerInterval(clock)
 
     def failed_over(self, exchange: Exchange, upstream: Upstream, why: str, next: str) -> None:
-        now = self.clock.seconds()
-        last = self._upstreams.get(upstream.name)
-        if last is not None and now - last[0] < self.interval:
-            self._upstreams[upstream.name] = (last[0], last[1] + 1)
+        due = self._due.due(upstream.name)
+        if due is None:
             return
-        self._upstreams[upstream.name] = (now, 0)
+        count, seconds = due
         request = exchange.request
-        if last is None:
+        if not count:
             self.log.info(
                 "{method} {path}: upstream {upstream} ({address}) {why}; trying {next} "
                 "(its failovers are counted here once a minute while they last)",
@@ -154,8 +150,8 @@ class FailoverReport:
                 "{seconds:.0f} s; now {method} {path}: {why}; trying {next}",
                 upstream=upstream.name,
                 address=upstream.address,
-                count=last[1] + 1,
-                seconds=now - last[0],
+                count=count,
+                seconds=seconds,
                 method=request.method.decode("ascii", "replace"),
                 path=request.path.decode("ascii", "replace"),
                 why=why,

@@ -77,6 +77,39 @@ def log_open_files(
         )
 
 
+class OncePerInterval:
+    """
+    When a repeated event is worth a log line: the first of each key at
+    once, later ones at most once an ``interval``, with how many happened
+    since the last line.  Many failures must not flood the log.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float = 60.0) -> None:
+        self.clock = clock
+        self.interval = interval
+        #: By key: (time of its last line, events since).
+        self._keys: dict[object, tuple[float, int]] = {}
+
+    def due(self, key: object = None) -> tuple[int, float] | None:
+        """
+        Count one event of ``key``.
+
+        :return: None to stay quiet; else the events since the last line
+            (this one included; 0 for the first ever) and the seconds since.
+        """
+        now = self.clock.seconds()
+        last = self._keys.get(key)
+        if last is None:
+            self._keys[key] = (now, 0)
+            return (0, 0.0)
+        since, count = last[0], last[1] + 1
+        if now - since < self.interval:
+            self._keys[key] = (since, count)
+            return None
+        self._keys[key] = (now, 0)
+        return (count, now - since)
+
+
 class RefusalReport:
     """
     While calls are refused at ``server.max_concurrent``, one log line a
@@ -85,20 +118,17 @@ class RefusalReport:
     """
 
     log = Logger()
-    interval = 60.0
 
     def __init__(self, clock: IReactorTime, limit: int) -> None:
-        self.clock = clock
         self.limit = limit
-        self._last: float | None = None
-        self._unreported = 0
+        self._due = OncePerInterval(clock)
 
     def refused(self) -> None:
-        self._unreported += 1
-        now = self.clock.seconds()
-        if self._last is not None and now - self._last < self.interval:
+        due = self._due.due()
+        if due is None:
             return
-        if self._last is None:
+        count, seconds = due
+        if not count:
             self.log.warn(
                 "server.max_concurrent ({limit}) reached: refusing calls with 503 "
                 "(counted here once a minute while it lasts)",
@@ -109,8 +139,6 @@ class RefusalReport:
                 "server.max_concurrent ({limit}) reached: {count} call(s) refused with 503 "
                 "in the last {seconds:.0f} s",
                 limit=self.limit,
-                count=self._unreported,
-                seconds=now - self._last,
+                count=count,
+                seconds=seconds,
             )
-        self._last = now
-        self._unreported = 0

@@ -129,3 +129,20 @@ class RefusalReportTests(SynchronousTestCase):
         said = [formatEvent(e) for e in events if "max_concurrent" in formatEvent(e)]
         self.assertEqual(len(said), 1, said)
         self.assertEqual(parts.gateway.refused["overloaded"], 3)
+
+
+class OncePerIntervalTests(SynchronousTestCase):
+    def test_each_key_is_reported_at_once_then_once_an_interval_with_its_count(self) -> None:
+        from llmgate.limits import OncePerInterval
+
+        clock = Clock()
+        due = OncePerInterval(clock, interval=60)
+        self.assertEqual(due.due("a"), (0, 0.0))
+        self.assertEqual(due.due("b"), (0, 0.0))
+        clock.advance(30)
+        self.assertIsNone(due.due("a"))
+        self.assertIsNone(due.due("a"))
+        clock.advance(30)
+        self.assertEqual(due.due("a"), (3, 60.0))
+        self.assertIsNone(due.due("a"))
+        self.assertEqual(due.due("b"), (1, 60.0))
