@@ -39,6 +39,8 @@ class ReceivedSpan:
     end: int
     resource: dict[str, Any]
     trace_state: str
+    flags: int = 0
+    scope: tuple[str, str] = ("", "")
 
 
 _KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
@@ -53,6 +55,40 @@ def _value(value: Any) -> Any:
 
 def _attributes(pairs: Any) -> dict[str, Any]:
     return {pair.key: _value(pair.value) for pair in pairs}
+
+
+def decode(body: bytes) -> list[ReceivedSpan]:
+    """
+    The spans of one ``ExportTraceServiceRequest``, decoded by
+    ``opentelemetry-proto``.
+    """
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(body)
+    spans = []
+    for resource_spans in message.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            scope = (scope_spans.scope.name, scope_spans.scope.version)
+            for span in scope_spans.spans:
+                spans.append(
+                    ReceivedSpan(
+                        name=span.name,
+                        kind=_KINDS.get(span.kind, str(span.kind)),
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex(),
+                        attributes=_attributes(span.attributes),
+                        events=[(e.name, _attributes(e.attributes)) for e in span.events],
+                        status_code=span.status.code,
+                        start=span.start_time_unix_nano,
+                        end=span.end_time_unix_nano,
+                        resource=resource,
+                        trace_state=span.trace_state,
+                        flags=span.flags,
+                        scope=scope,
+                    )
+                )
+    return spans
 
 
 class Collector(Resource):
@@ -109,28 +145,7 @@ class Collector(Resource):
         if self.hang:
             self.held.append(request)
             return server.NOT_DONE_YET
-        message = ExportTraceServiceRequest()
-        message.ParseFromString(body)
-        for resource_spans in message.resource_spans:
-            resource = _attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    self.spans.append(
-                        ReceivedSpan(
-                            name=span.name,
-                            kind=_KINDS.get(span.kind, str(span.kind)),
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_span_id=span.parent_span_id.hex(),
-                            attributes=_attributes(span.attributes),
-                            events=[(e.name, _attributes(e.attributes)) for e in span.events],
-                            status_code=span.status.code,
-                            start=span.start_time_unix_nano,
-                            end=span.end_time_unix_nano,
-                            resource=resource,
-                            trace_state=span.trace_state,
-                        )
-                    )
+        self.spans.extend(decode(body))
         self._wake()
         request.setHeader(b"content-type", b"application/x-protobuf")
         return ExportTraceServiceResponse().SerializeToString()

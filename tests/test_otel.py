@@ -14,10 +14,10 @@ from typing import Any
 import attrs
 from unittest import mock
 
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
+from hypothesis import given, settings, strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -28,9 +28,11 @@ from llmgate.exchange import Exchange, RequestRecord, ResponseRecord
 from llmgate.interfaces import IMiddleware
 from llmgate.middleware import genai
 from llmgate.middleware.otel import OtelMiddleware
+from llmgate.middleware import otlpwire
 from llmgate.middleware.otelexport import SpanQueue
 from llmgate.middleware.registry import build_middlewares
 from llmgate.sse import ServerSentEvent
+from tests.otlpcollector import ReceivedSpan, decode
 from tests.test_config import ConfigFileMixin
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -144,7 +146,7 @@ class RegistryTests(SynchronousTestCase):
         built = build_middlewares(config, MemoryReactorClock())
         self.assertEqual([m.name for m in built], ["printer", "otel"])
         verifyObject(IMiddleware, built[-1])
-        built[-1].queue.processor.shutdown()
+        built[-1].queue.shutdown()
         built[-1].bridge.remove()
 
     def test_otel_listed_as_a_middleware_is_refused(self) -> None:
@@ -245,16 +247,32 @@ class GenAITests(SynchronousTestCase):
 # -- the middleware -----------------------------------------------------------------
 
 
-class _Failing(SpanExporter):
-    def export(self, spans: Any) -> SpanExportResult:
-        return SpanExportResult.FAILURE
+class MemorySender:
+    """
+    Keeps every request the queue sends, decoded as a collector would; or
+    fails them all.
+    """
+
+    def __init__(self, ok: bool = True) -> None:
+        self.ok = ok
+        self.requests: list[bytes] = []
+
+    def send(self, data: bytes) -> bool:
+        self.requests.append(data)
+        return self.ok
+
+    def spans(self) -> list[ReceivedSpan]:
+        return [span for data in self.requests for span in decode(data)]
+
+    def clear(self) -> None:
+        self.requests.clear()
 
 
 class OtelMiddlewareTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(100.0)
-        self.exporter = InMemorySpanExporter()
+        self.exporter = MemorySender()
 
     def middleware(self, exporter: Any = None, **settings: Any) -> OtelMiddleware:
         middleware = OtelMiddleware(
@@ -263,46 +281,75 @@ class OtelMiddlewareTests(SynchronousTestCase):
             exporter or self.exporter,
             "https://api.example.com/",
         )
-        self.addCleanup(middleware.queue.processor.shutdown)
+        self.addCleanup(middleware.queue.shutdown)
         self.addCleanup(middleware.bridge.remove)
         return middleware
 
-    def run_call(self, middleware: OtelMiddleware, call: Exchange, document: Any = None) -> list[Any]:
+    def run_call(self, middleware: OtelMiddleware, call: Exchange, document: Any = None) -> list[ReceivedSpan]:
         middleware.request_received(call)
         answered(call, document or {"id": "r1", "model": "gpt-x", "choices": []})
         self.clock.advance(0.5)
         middleware.exchange_finished(call)
-        middleware.queue.processor.force_flush()
-        return list(self.exporter.get_finished_spans())
+        middleware.queue.force_flush()
+        return self.exporter.spans()
 
     def test_a_call_gives_a_server_span_and_a_client_span_named_in_the_upstream_header(self) -> None:
         middleware = self.middleware()
         call = exchange()
         spans = self.run_call(middleware, call)
         client, server = spans
-        self.assertEqual((server.kind, client.kind), (SpanKind.SERVER, SpanKind.CLIENT))
-        self.assertEqual(client.parent.span_id, server.context.span_id)
-        self.assertIsNone(server.parent)
+        self.assertEqual((server.kind, client.kind), ("SERVER", "CLIENT"))
+        self.assertEqual(client.parent_span_id, server.span_id)
+        self.assertEqual(server.parent_span_id, "")
         sent = call.request.headers.getRawHeaders(b"traceparent")
-        self.assertEqual(
-            sent,
-            [f"00-{server.context.trace_id:032x}-{client.context.span_id:016x}-01".encode()],
-        )
+        self.assertEqual(sent, [f"00-{server.trace_id}-{client.span_id}-01".encode()])
         self.assertEqual(client.attributes["server.address"], "api.example.com")
         self.assertEqual(client.attributes["server.port"], 443)
-        self.assertEqual(server.end_time - server.start_time, 500_000_000)
-        self.assertEqual(server.resource.attributes["service.name"], "llmgate")
+        self.assertEqual(server.end - server.start, 500_000_000)
+        self.assertEqual(server.resource["service.name"], "llmgate")
+        self.assertEqual(server.name, "chat gpt-x")
+        self.assertEqual(server.attributes["llmgate.exchange.id"], "cd" * 16)
+        self.assertEqual(server.attributes["gen_ai.response.id"], "r1")
+        self.assertEqual(server.scope[0], "llmgate")
+
+    def test_the_same_route_twice_gives_the_same_attributes_from_the_caches(self) -> None:
+        middleware = self.middleware()
+        first = exchange({"model": "m", "temperature": 1})
+        first.usage, first.session_id = {"input_tokens": 3, "output_tokens": 4}, "s1"
+        self.run_call(middleware, first)
+        second = exchange({"model": "m", "temperature": 1.0})
+        second.id, second.usage = "ef" * 16, {"input_tokens": 5, "output_tokens": 4}
+        self.run_call(middleware, second)
+        _, one, _, two = self.exporter.spans()
+        self.assertEqual(one.attributes["gen_ai.request.temperature"], 1)
+        self.assertIsInstance(one.attributes["gen_ai.request.temperature"], int)
+        self.assertIsInstance(two.attributes["gen_ai.request.temperature"], float)
+        self.assertEqual(
+            (two.attributes["gen_ai.usage.input_tokens"], two.attributes["llmgate.exchange.id"]),
+            (5, "ef" * 16),
+        )
+        self.assertNotIn("gen_ai.conversation.id", two.attributes)
+        self.assertEqual(one.attributes["gen_ai.conversation.id"], "s1")
+
+    def test_a_long_or_odd_id_takes_the_slow_way_to_the_same_attribute(self) -> None:
+        middleware = self.middleware()
+        call = exchange()
+        call.session_id = "s" * 300 + "\u00e9"
+        spans = self.run_call(middleware, call)
+        self.assertEqual(spans[-1].attributes["gen_ai.conversation.id"], "s" * 300 + "\u00e9")
 
     def test_the_client_traceparent_is_the_parent_and_is_replaced_upstream(self) -> None:
         middleware = self.middleware()
         call = exchange(headers={b"traceparent": [PARENT.encode()], b"tracestate": [b"a=1"]})
         client, server = self.run_call(middleware, call)
-        self.assertEqual(f"{server.context.trace_id:032x}", PARENT.split("-")[1])
-        self.assertEqual(f"{server.parent.span_id:016x}", PARENT.split("-")[2])
-        self.assertTrue(server.parent.is_remote)
-        self.assertEqual(server.context.trace_state.to_header(), "a=1")
+        self.assertEqual(server.trace_id, PARENT.split("-")[1])
+        self.assertEqual(server.parent_span_id, PARENT.split("-")[2])
+        self.assertEqual(server.flags, 0x300)  # the parent is remote
+        self.assertEqual(client.flags, 0x100)
+        self.assertEqual(server.trace_state, "a=1")
         sent = call.request.headers.getRawHeaders(b"traceparent")[0].decode()
-        self.assertEqual(sent.split("-")[2], f"{client.context.span_id:016x}")
+        self.assertEqual(sent.split("-")[2], client.span_id)
+        self.assertEqual(call.request.headers.getRawHeaders(b"tracestate"), [b"a=1"])
 
     def test_an_invalid_or_doubled_traceparent_starts_a_new_trace(self) -> None:
         for values in ([b"00-zz-yy-01"], [PARENT.encode(), PARENT.encode()]):
@@ -310,10 +357,15 @@ class OtelMiddlewareTests(SynchronousTestCase):
             middleware = self.middleware()
             call = exchange(headers={b"traceparent": values, b"tracestate": [b"a=1"]})
             _, server = self.run_call(middleware, call)
-            self.assertIsNone(server.parent)
-            self.assertNotEqual(f"{server.context.trace_id:032x}", PARENT.split("-")[1])
+            self.assertEqual(server.parent_span_id, "")
+            self.assertNotEqual(server.trace_id, PARENT.split("-")[1])
             self.assertEqual(len(call.request.headers.getRawHeaders(b"traceparent")), 1)
             self.assertFalse(call.request.headers.hasHeader(b"tracestate"))
+
+    def test_twisted_headers_keep_the_names_the_fast_header_path_writes(self) -> None:
+        from llmgate.middleware import otel
+
+        self.assertTrue(otel._RAW_HEADERS)
 
     def test_sample_ratio_zero_records_nothing_but_still_propagates(self) -> None:
         middleware = self.middleware(sample_ratio=0.0)
@@ -326,11 +378,11 @@ class OtelMiddlewareTests(SynchronousTestCase):
         call = exchange()
         call.sent_status, call.error_kind, call.ended_at = 401, "unauthorized", 100.1
         middleware.exchange_finished(call)
-        middleware.queue.processor.force_flush()
-        (server,) = self.exporter.get_finished_spans()
+        middleware.queue.force_flush()
+        (server,) = self.exporter.spans()
         self.assertEqual(server.attributes["error.type"], "unauthorized")
         self.assertEqual(server.attributes["http.response.status_code"], 401)
-        self.assertEqual(server.status.status_code, StatusCode.ERROR)
+        self.assertEqual(server.status_code, 2)
 
     def test_an_upstream_error_status_is_an_error_on_both_spans(self) -> None:
         middleware = self.middleware()
@@ -338,94 +390,173 @@ class OtelMiddlewareTests(SynchronousTestCase):
         middleware.request_received(call)
         answered(call, {"error": {}}, status=503)
         middleware.exchange_finished(call)
-        middleware.queue.processor.force_flush()
-        for span in self.exporter.get_finished_spans():
+        middleware.queue.force_flush()
+        spans = self.exporter.spans()
+        self.assertEqual(len(spans), 2)
+        for span in spans:
             self.assertEqual(span.attributes["error.type"], "503")
-            self.assertEqual(span.status.status_code, StatusCode.ERROR)
+            self.assertEqual(span.status_code, 2)
 
     def test_content_is_captured_only_when_asked_and_scrubbed(self) -> None:
         body = {"model": "m", "system": "be brief", "messages": [{"role": "user", "content": "k=sk-secret-99"}]}
         plain = self.middleware()
         _, server = self.run_call(plain, exchange(body))
-        self.assertEqual(server.events, ())
+        self.assertEqual(server.events, [])
         self.exporter.clear()
         capturing = self.middleware(capture_content=True)
         capturing.scrub.add("sk-secret-99")
         _, server = self.run_call(capturing, exchange(body))
-        (event,) = server.events
-        messages = json.loads(event.attributes["gen_ai.input.messages"])
+        ((name, attributes),) = server.events
+        self.assertEqual(name, "gen_ai.client.inference.operation.details")
+        messages = json.loads(attributes["gen_ai.input.messages"])
         self.assertEqual(messages[0], {"role": "system", "content": "be brief"})
         self.assertEqual(messages[1]["content"], "k=[redacted]")
+        self.assertNotIn(b"sk-secret-99", b"".join(self.exporter.requests))
 
     def test_spans_beyond_the_queue_are_dropped_and_failed_exports_counted(self) -> None:
-        queue = SpanQueue(_Failing(), max_queue=3, schedule_delay_millis=60_000)
-        self.addCleanup(queue.processor.shutdown)
-        span = ReadableSpan(
-            "s", context=SpanContext(1, 2, False, TraceFlags(TraceFlags.SAMPLED))
-        )
-        queue.submit([span, span])
-        queue.submit([span, span])
+        sender = MemorySender(ok=False)
+        queue = SpanQueue(sender.send, otlpwire.RequestHead({}, "t", "1"), max_queue=3, schedule_delay_millis=60_000)
+        self.addCleanup(queue.shutdown)
+        queue.submit(b"", 2)
+        queue.submit(b"", 2)
         self.assertEqual((queue.queued, queue.dropped, queue.waiting), (2, 2, 2))
-        queue.processor.force_flush()
+        queue.force_flush()
         self.assertEqual(queue.state()["spans_export_failed"], 2)
         self.assertEqual(queue.waiting, 0)
 
+    def test_a_full_batch_wakes_the_worker_and_leaves_in_batches(self) -> None:
+        sent = []
+        import threading
+
+        done = threading.Event()
+
+        def send(data: bytes) -> bool:
+            sent.append(data)
+            done.set()
+            return True
+
+        queue = SpanQueue(send, otlpwire.RequestHead({}, "t", "1"), max_queue=100,
+                          schedule_delay_millis=60_000, max_export_batch_size=4)
+        self.addCleanup(queue.shutdown)
+        for _ in range(3):
+            queue.submit(b"", 2)  # the second call fills a batch of 4
+        self.assertTrue(done.wait(10))
+        queue.force_flush()
+        self.assertEqual(len(sent), 2)
+        self.assertEqual(queue.state()["spans_exported"], 6)
+
+    def test_a_sender_that_raises_counts_as_failed(self) -> None:
+        def send(data: bytes) -> bool:
+            raise RuntimeError("boom")
+
+        queue = SpanQueue(send, otlpwire.RequestHead({}, "t", "1"), schedule_delay_millis=60_000)
+        self.addCleanup(queue.shutdown)
+        queue.submit(b"", 1)
+        queue.force_flush()
+        self.assertEqual((queue.failed, queue.exported), (1, 0))
+
+
+# -- the wire encoding ------------------------------------------------------------
+
+_TEXT = st.text(max_size=300)
+_VALUES = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    _TEXT,
+    st.lists(_TEXT, max_size=4).map(tuple),
+)
+_ATTRIBUTES = st.dictionaries(st.text(min_size=1, max_size=40), _VALUES, max_size=8)
+
+
+def _any_value(value: Any) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    return AnyValue(array_value=ArrayValue(values=[_any_value(v) for v in value]))
+
+
+def _key_values(attributes: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=_any_value(v)) for k, v in attributes.items()]
+
 
 class WireEncoderTests(SynchronousTestCase):
-    def test_the_wire_encoding_decodes_to_what_the_exporter_package_encodes(self) -> None:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-        )
-
-        from llmgate.middleware.otlpwire import WireEncoder
-
-        clock = MemoryReactorClock()
-        clock.advance(100.0)
-        exporter = InMemorySpanExporter()
-        middleware = OtelMiddleware(
-            clock, OTLPConfig(capture_content=True), exporter, "http://127.0.0.1:8080"
-        )
-        self.addCleanup(middleware.queue.processor.shutdown)
-        self.addCleanup(middleware.bridge.remove)
-        for headers, status in (({}, 200), ({b"traceparent": [PARENT.encode()], b"tracestate": [b"k=v,x=y"]}, 503)):
-            call = exchange(
-                {"model": "m", "temperature": 0.5, "stop": ["a", ""], "max_tokens": 0,
-                 "messages": [{"role": "user", "content": "h\u00e9llo"}]},
-                headers=headers,
+    @settings(max_examples=150, deadline=None)
+    @given(
+        ids=st.tuples(st.binary(min_size=16, max_size=16), st.binary(min_size=8, max_size=8)),
+        parent=st.one_of(st.none(), st.binary(min_size=8, max_size=8)),
+        remote=st.booleans(),
+        state=st.sampled_from(["", "a=1", "k=v,x=y"]),
+        name=st.text(max_size=80),
+        kind=st.sampled_from([otlpwire.SERVER, otlpwire.CLIENT]),
+        times=st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)),
+        attributes=_ATTRIBUTES,
+        unique=st.dictionaries(
+            st.sampled_from(["gen_ai.response.id", "gen_ai.conversation.id"]), _TEXT
+        ),
+        event=st.one_of(st.none(), _ATTRIBUTES),
+        error=st.booleans(),
+    )
+    def test_spans_decode_to_what_opentelemetry_proto_builds(
+        self, ids, parent, remote, state, name, kind, times, attributes, unique, event, error
+    ) -> None:
+        pairs = otlpwire.Pairs()
+        encoded_attributes = pairs.encode(attributes.items())
+        # The second time from the caches.
+        self.assertEqual(pairs.encode(attributes.items()), encoded_attributes)
+        for key, value in unique.items():
+            heads = otlpwire.string_heads(key)
+            data = value.encode()
+            encoded_attributes += (
+                heads[len(data)] + data if len(data) < len(heads) else pairs.one(key, value)
             )
-            middleware.request_received(call)
-            answered(call, {"id": "r", "model": "m", "choices": [{"finish_reason": "stop"}]}, status)
-            call.usage = {"input_tokens": 2**40, "output_tokens": 0}
-            call.session_id = "sess_x"
-            middleware.exchange_finished(call)
-        middleware.queue.processor.force_flush()
-        spans = list(exporter.get_finished_spans())
-        self.assertEqual(len(spans), 4)
-        encoder = WireEncoder()
-        for _ in range(2):  # the second time from the caches
-            ours = ExportTraceServiceRequest()
-            ours.ParseFromString(encoder.encode(spans))
-            stock = ExportTraceServiceRequest()
-            stock.ParseFromString(encode_spans(spans).SerializeToString())
-            self.assertEqual(ours, stock)
+        events = b"" if event is None else otlpwire.event("e", 7, event)
+        head = otlpwire.RequestHead({"service.name": "llmgate"}, "llmgate", "1.0", "https://s")
+        data = head.request(
+            [
+                otlpwire.span(
+                    ids[0], ids[1], parent, remote and parent is not None,
+                    otlpwire.trace_state_field(state), otlpwire.name_field(name), kind,
+                    times[0], times[1], encoded_attributes, events, error,
+                )
+            ]
+        )
+        expected = Span(
+            trace_id=ids[0], span_id=ids[1], trace_state=state,
+            parent_span_id=parent or b"", name=name, kind=kind,
+            start_time_unix_nano=times[0], end_time_unix_nano=times[1],
+            attributes=_key_values(attributes) + _key_values(unique),
+            status=Status(code=Status.STATUS_CODE_ERROR if error else Status.STATUS_CODE_UNSET),
+            flags=0x100 | (0x200 if remote and parent is not None else 0),
+        )
+        if event is not None:
+            expected.events.add(time_unix_nano=7, name="e", attributes=_key_values(event))
+        request = ExportTraceServiceRequest(
+            resource_spans=[
+                ResourceSpans(
+                    resource={"attributes": _key_values({"service.name": "llmgate"})},
+                    schema_url="https://s",
+                    scope_spans=[ScopeSpans(scope={"name": "llmgate", "version": "1.0"}, spans=[expected])],
+                )
+            ]
+        )
+        ours = ExportTraceServiceRequest()
+        ours.ParseFromString(data)
+        self.assertEqual(ours, request)
 
     def test_equal_values_of_other_types_are_not_confused_by_the_cache(self) -> None:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-        )
-
-        from llmgate.middleware.otlpwire import WireEncoder
-
-        encoder = WireEncoder()
-        context = SpanContext(1, 2, False, TraceFlags(TraceFlags.SAMPLED))
+        pairs = otlpwire.Pairs()
         values = []
         for value in (1, True, 1.0, "1", -1):
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(
-                encoder.encode([ReadableSpan("s", context=context, attributes={"k": value})])
-            )
-            (pair,) = request.resource_spans[0].scope_spans[0].spans[0].attributes
+            pair = KeyValue()
+            encoded = pairs.encode([("k", value)])
+            # The field's tag and length, then the KeyValue.
+            pair.ParseFromString(encoded[2:])
             values.append((pair.value.WhichOneof("value"), getattr(pair.value, pair.value.WhichOneof("value"))))
         self.assertEqual(
             values,
@@ -480,12 +611,13 @@ class ClientIdsTests(SynchronousTestCase):
         from llmgate.middleware.otel import CallContext
 
         clock = MemoryReactorClock()
-        middleware = OtelMiddleware(clock, OTLPConfig(), InMemorySpanExporter(), "http://h")
-        self.addCleanup(middleware.queue.processor.shutdown)
+        middleware = OtelMiddleware(clock, OTLPConfig(), MemorySender(), "http://h")
+        self.addCleanup(middleware.queue.shutdown)
         self.addCleanup(middleware.bridge.remove)
-        call = CallContext(trace_id=1, span_id=2, sampled=True, client_span_ids=[7])
+        seven = (7).to_bytes(8, "big")
+        call = CallContext(trace_id=bytes(15) + b"\x01", span_id=b"\x02" * 8, sampled=True, client_span_ids=[seven])
         self.assertEqual(middleware._client_ids(call, 0), [])
-        self.assertEqual(middleware._client_ids(call, 1), [7])
+        self.assertEqual(middleware._client_ids(call, 1), [seven])
         first, last = middleware._client_ids(call, 2)
-        self.assertEqual(last, 7)
-        self.assertNotIn(first, (0, 7))
+        self.assertEqual(last, seven)
+        self.assertNotIn(first, (bytes(8), seven))

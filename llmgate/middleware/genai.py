@@ -72,14 +72,20 @@ def span_name(operation: str | None, model: str | None, method: bytes) -> str:
     return f"{operation} {model}" if model else operation
 
 
+#: The request fields of :data:`REQUEST_PARAMETERS` by name, with their rank
+#: (the first field listed wins when several fill one attribute).
+_PARAMETERS = {field: (name, rank) for rank, (field, name) in enumerate(REQUEST_PARAMETERS)}
+
+
 def request_attributes(exchange: Exchange, operation: str | None) -> dict[str, Any]:
     """
     What the client asked for, in the conventions' names.
     """
+    request = exchange.request
     attributes: dict[str, Any] = {
         "gen_ai.provider.name": provider_name(exchange.provider),
-        "http.request.method": exchange.request.method.decode("ascii", "replace"),
-        "url.path": exchange.request.path.decode("utf-8", "replace"),
+        "http.request.method": request.method.decode("ascii", "replace"),
+        "url.path": request.path.decode("utf-8", "replace"),
     }
     if operation is not None:
         attributes["gen_ai.operation.name"] = operation
@@ -87,12 +93,18 @@ def request_attributes(exchange: Exchange, operation: str | None) -> dict[str, A
     if not isinstance(body, dict):
         return attributes
     model = body.get("model")
-    if isinstance(model, str):
+    if model.__class__ is str:
         attributes["gen_ai.request.model"] = model
-    for field, name in REQUEST_PARAMETERS:
-        value = body.get(field)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            attributes.setdefault(name, value)
+    # The body's fields are fewer than the parameters looked for.
+    ranks: dict[str, int] = {}
+    for field, value in body.items():
+        known = _PARAMETERS.get(field)
+        if known is None or value.__class__ not in (int, float):
+            continue
+        name, rank = known
+        if ranks.get(name, rank) >= rank:
+            attributes[name] = value
+            ranks[name] = rank
     stop = body.get("stop", body.get("stop_sequences"))
     if isinstance(stop, str):
         attributes["gen_ai.request.stop_sequences"] = (stop,)
@@ -106,29 +118,52 @@ def response_attributes(exchange: Exchange) -> dict[str, Any]:
     What the upstream answered: model, id, finish reasons and token usage.
     """
     attributes: dict[str, Any] = {}
+    add_response_attributes(exchange, attributes)
+    return attributes
+
+
+def add_response_attributes(exchange: Exchange, attributes: dict[str, Any]) -> None:
+    """
+    :func:`response_attributes`, added to ``attributes``.
+    """
     usage = exchange.usage
     if usage:
-        for key in ("input_tokens", "output_tokens"):
-            if usage.get(key) is not None:
-                attributes[f"gen_ai.usage.{key}"] = usage[key]
+        value = usage.get("input_tokens")
+        if value is not None:
+            attributes["gen_ai.usage.input_tokens"] = value
+        value = usage.get("output_tokens")
+        if value is not None:
+            attributes["gen_ai.usage.output_tokens"] = value
+    model, ident, reasons = response_summary(exchange)
+    if model is not None:
+        attributes["gen_ai.response.model"] = model
+    if ident is not None:
+        attributes["gen_ai.response.id"] = ident
+    if reasons:
+        attributes["gen_ai.response.finish_reasons"] = reasons
+
+
+def response_summary(exchange: Exchange) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """
+    A successful answer's model, id and finish reasons (None, None, () for
+    another).
+    """
     response = exchange.response
     if response is None or not 200 <= response.status < 300:
-        return attributes
+        return None, None, ()
     if response.streaming:
         head, reasons = _stream_summary(response.events)
     else:
         document = response.document()
-        head = document if isinstance(document, dict) else {}
+        head = document if document.__class__ is dict else {}
         reasons = _finish_reasons(head)
     model = head.get("model")
-    if isinstance(model, str):
-        attributes["gen_ai.response.model"] = model
     ident = head.get("id")
-    if isinstance(ident, str):
-        attributes["gen_ai.response.id"] = ident
-    if reasons:
-        attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
-    return attributes
+    return (
+        model if model.__class__ is str else None,
+        ident if ident.__class__ is str else None,
+        tuple(reasons),
+    )
 
 
 def _finish_reasons(document: Mapping[str, Any]) -> list[str]:
@@ -137,15 +172,24 @@ def _finish_reasons(document: Mapping[str, Any]) -> list[str]:
     """
     reasons = []
     choices = document.get("choices")
-    if isinstance(choices, list):
+    if choices.__class__ is list:
         for choice in choices:
-            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
-                reasons.append(choice["finish_reason"])
-    for holder in (document, document.get("delta")):
-        if isinstance(holder, dict) and isinstance(holder.get("stop_reason"), str):
-            reasons.append(holder["stop_reason"])
-    if document.get("object") == "response" and isinstance(document.get("status"), str):
-        reasons.append(document["status"])
+            if choice.__class__ is dict:
+                reason = choice.get("finish_reason")
+                if reason.__class__ is str:
+                    reasons.append(reason)
+    reason = document.get("stop_reason")
+    if reason.__class__ is str:
+        reasons.append(reason)
+    delta = document.get("delta")
+    if delta.__class__ is dict:
+        reason = delta.get("stop_reason")
+        if reason.__class__ is str:
+            reasons.append(reason)
+    if document.get("object") == "response":
+        status = document.get("status")
+        if status.__class__ is str:
+            reasons.append(status)
     return reasons
 
 
