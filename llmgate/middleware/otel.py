@@ -165,6 +165,7 @@ class OtelMiddleware(Middleware):
         # The SDK's ParentBased(TraceIdRatioBased) decision, taken directly:
         # its should_sample builds a context and a result object per call.
         self.bound = TraceIdRatioBased(settings.sample_ratio).bound
+        self.everything = self.bound > _LOW_64
         self.propagator = TraceContextTextMapPropagator()
         parts = urlsplit(upstream)
         self.address = parts.hostname or ""
@@ -174,7 +175,7 @@ class OtelMiddleware(Middleware):
         self._asked: dict[Any, tuple[bytes, bytes, bytes]] = {}
         self._answered: dict[Any, tuple[bytes, bool]] = {}
         self._tried: dict[Any, tuple[bytes, bool]] = {}
-        self._counts: dict[tuple[str, int], bytes] = {}
+        self._counts: dict[tuple[Any, Any], bytes] = {}
         self.queue = SpanQueue(
             exporter.send,
             head,
@@ -188,10 +189,30 @@ class OtelMiddleware(Middleware):
     # -- the middleware ---------------------------------------------------------
 
     def request_received(self, exchange: Exchange) -> None:
-        call = exchange.notes.get(NOTE)
-        if call is None:
+        notes = exchange.notes
+        call = notes.get(NOTE)
+        headers = exchange.request.headers
+        raw = headers._rawHeaders if _RAW_HEADERS else None
+        if call is not None or raw is None or b"Traceparent" in raw:
+            if call is None:
+                call = self._context(exchange)
+            self._attempt_started(exchange, call)
+            return None
+        # The common case, inlined (this hook runs on every call, sampled
+        # or not): no client trace, a new trace id, the first attempt.
+        ids = _getrandbits(256).to_bytes(32, "big")
+        trace_id, span_id, client_id = ids[:16], ids[16:24], ids[24:]
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or client_id == _ZERO_SPAN:
             call = self._context(exchange)
-        self._attempt_started(exchange, call)
+            self._attempt_started(exchange, call)
+            return None
+        sampled = self.everything or int.from_bytes(ids[8:16], "big") < self.bound
+        notes[NOTE] = CallContext(trace_id, span_id, sampled, None, [client_id])
+        raw[b"Traceparent"] = [
+            b"".join((b"00-", _hex(trace_id), b"-", _hex(client_id), b"-01" if sampled else b"-00"))
+        ]
+        if b"Tracestate" in raw:
+            del raw[b"Tracestate"]
         return None
 
     def exchange_finished(self, exchange: Exchange) -> None:
@@ -241,7 +262,7 @@ class OtelMiddleware(Middleware):
             trace_id = ids[:16]
             if trace_id == _ZERO_TRACE:
                 trace_id = _new_id(16)
-            sampled = int.from_bytes(trace_id[8:], "big") < self.bound
+            sampled = self.everything or int.from_bytes(trace_id[8:], "big") < self.bound
         span_id = ids[16:]
         if span_id == _ZERO_SPAN:
             span_id = _new_id(8)
@@ -475,15 +496,15 @@ class OtelMiddleware(Middleware):
             parts = [_EXCHANGE_ID[len(data)], data]
             usage = exchange.usage
             if usage:
-                counts = self._counts
-                for key in _USAGE_KEYS:
-                    value = usage.get(key)
-                    if value is not None:
-                        encoded = counts.get((key, value))
-                        if encoded is None:
-                            encoded = self.pairs.one("gen_ai.usage." + key, value)
-                            _remember(counts, (key, value), encoded)
-                        parts.append(encoded)
+                counts = (usage.get("input_tokens"), usage.get("output_tokens"))
+                encoded = self._counts.get(counts)
+                if encoded is None:
+                    encoded = self.pairs.encode(
+                        [("gen_ai.usage." + key, value)
+                         for key, value in zip(_USAGE_KEYS, counts) if value is not None]
+                    )
+                    _remember(self._counts, counts, encoded)
+                parts.append(encoded)
             if ident is not None:
                 data = ident.encode()
                 parts += (_RESPONSE_ID[len(data)], data)
