@@ -216,7 +216,7 @@ class OtelMiddleware(Middleware):
         return None
 
     def exchange_finished(self, exchange: Exchange) -> None:
-        call = self._context(exchange)
+        call = exchange.notes.get(NOTE) or self._context(exchange)
         if not call.sampled:
             return
         spans = self._spans(exchange, call)
@@ -332,8 +332,30 @@ class OtelMiddleware(Middleware):
         if parent is not None and parent.trace_state:
             state = otlpwire.trace_state_field(parent.trace_state.to_header())
         asked, common, name = self._request_part(exchange)
-        attempts = self._attempts(exchange)
         spans = []
+        if not exchange.attempts and exchange.sent_at is not None:
+            # Without failover (the common case, inlined): one attempt,
+            # from the exchange's own times, as attempts_of makes it.
+            response = exchange.response
+            if response is None:
+                outcome: tuple[Any, ...] = (self.address, self.port, None, None, exchange.error_kind)
+            else:
+                outcome = (self.address, self.port, None, response.status, None)
+            tried, failed = self._tried.get(outcome) or self._attempt_part(outcome)
+            sent = call.client_span_ids
+            started, stopped = exchange.sent_at, exchange.ended_at
+            spans.append(
+                otlpwire.span(
+                    trace_id, sent[0] if sent else _new_id(8), call.span_id, False, state, name,
+                    CLIENT, int(started * 1e9) + offset,
+                    end if stopped is None else int(stopped * 1e9) + offset,
+                    common + tried, b"", failed,
+                )
+            )
+            where = outcome[:3]
+            attempts = None
+        else:
+            attempts = self._attempts(exchange)
         if attempts:
             span = otlpwire.span
             sent = call.client_span_ids
@@ -351,7 +373,7 @@ class OtelMiddleware(Middleware):
                     )
                 )
             where = attempts[-1][2:5]
-        else:
+        elif attempts is not None:
             where = (self.address, self.port, None)
         model, ident, reasons = genai.response_summary(exchange)
         answered, failed = self._answer_part(exchange, model, reasons, where)
@@ -430,7 +452,7 @@ class OtelMiddleware(Middleware):
             for a in attempts_of(exchange, self.address, self.port)
         ]
 
-    def _attempt_part(self, outcome: list[Any]) -> tuple[bytes, bool]:
+    def _attempt_part(self, outcome: Any) -> tuple[bytes, bool]:
         """
         A CLIENT span's own attributes, encoded, and whether it failed, from
         the attempt's address, port, upstream, status and error kind.
