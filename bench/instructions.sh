@@ -4,11 +4,13 @@
 # A/B comparisons that CPU time on a shared machine cannot settle.  See
 # bench/README.md, "OpenTelemetry export".
 #
-#   bash bench/instructions.sh [--configs LIST] [--calls N] [--keep]
+#   bash bench/instructions.sh [--configs LIST] [--calls N] [--keep] [--follow]
 #
 #   --configs LIST  names of bench/configs/NAME.yaml (default: default,otel,otel-unsampled)
 #   --calls N       calls counted per config (default 1024), after 300 unmeasured
 #   --keep          keep the temporary directory (callgrind files, logs)
+#   --follow        a client follows /api/events of each gateway while counting
+#                   (bench/follower.py --events-only: the live view's feed)
 #
 # Each gateway runs alone under callgrind (about 50 times slower), on one
 # keep-alive connection from a sequential client; the counters are zeroed
@@ -28,12 +30,14 @@ BENCH_NAME=instructions
 CONFIGS="default,otel,otel-unsampled"
 CALLS=1024
 KEEP=0
+FOLLOW=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --configs) CONFIGS="$2"; shift ;;
         --calls) CALLS="$2"; shift ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,18p' "$HERE/instructions.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --follow) FOLLOW=1 ;;
+        -h|--help) sed -n '2,20p' "$HERE/instructions.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "instructions.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -88,11 +92,18 @@ for name in "${NAMES[@]}"; do
     pid=$!
     GW_PID[$name]=$pid; GW_ORDER+=("$name")
     wait_http "http://127.0.0.1:$port/health" 120 || die "gateway $name did not start"
+    follower=""
+    if [ "$FOLLOW" = 1 ]; then
+        "$PY" "$HERE/follower.py" --url "http://127.0.0.1:$port" --events-only \
+            --report "$WORK/follower-$name.json" &
+        follower=$!
+    fi
     "$PY" "$WORK/drive.py" "$port" 300
     callgrind_control -z "$pid" >/dev/null 2>&1
     "$PY" "$WORK/drive.py" "$port" "$CALLS"
     callgrind_control -d "$pid" >/dev/null 2>&1
     for _ in $(seq 1 30); do [ -s "$out.1" ] && break; sleep 1; done
+    [ -z "$follower" ] || kill -TERM "$follower" 2>/dev/null || true
     total="$(awk '/^summary:/ { print $2 }' "$out.1")"
     threads="$(callgrind_annotate --inclusive=yes "$out.1" 2>/dev/null \
         | awk '/:thread_run / && !seen { gsub(",", "", $1); print $1; seen = 1 }')"
