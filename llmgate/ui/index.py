@@ -167,16 +167,23 @@ class TraceIndex:
         A call this process relayed has ended: indexed now, from the
         exchange; its file, when it lands, need not be read.
         """
-        self.add((call,), publish=False)
+        calls = self.calls
+        if call.id in calls:
+            return
+        calls[call.id] = call
+        self._into_session(call)
+        self.stats.add(call)
+        if len(calls) > self.max_calls or len(self.sessions) > self.max_sessions:
+            self._bound()
 
     def file_added(self, name: str) -> None:
         """
         A file landed (inotify or a poll): read it soon, with others; a file
         of a call indexed already (this process's) is only noted.
         """
-        if not trace_name(name) or name in self.by_file or name in self.skipped:
+        if name in self.by_file or name in self.skipped or not trace_name(name):
             return
-        call = self.calls.get(call_id_of(name))
+        call = self.calls.get(name[name.find("Z-") + 2 : -5])  # call_id_of, inlined
         if call is not None and call.file is None:
             call.file = name
             self.by_file[name] = call.id

@@ -138,8 +138,11 @@ def summary_of_exchange(
     """
     response = exchange.response
     usage = exchange.usage or {}
-    preview = scrub(_last_user_text(exchange.request_json)[:MAX_PREVIEW]) if with_text else ""
+    body = exchange.request_json
+    preview = scrub(_last_user_text(body)[:MAX_PREVIEW]) if with_text else ""
+    model = body.get("model") if isinstance(body, dict) else None
     attempts = exchange.attempts
+    ended, ttfb = exchange.ended_at, exchange.ttfb
     # Positional, in field order: this runs for every call.
     return CallSummary(
         exchange.id,
@@ -147,11 +150,11 @@ def summary_of_exchange(
         None,
         exchange.session_id,
         exchange.system,
-        exchange.model,
+        model if isinstance(model, str) else None,
         exchange.request.path.decode("utf-8", "replace"),
         response.status if response is not None else exchange.sent_status,
-        _ms(exchange.duration),
-        _ms(exchange.ttfb),
+        None if ended is None else round((ended - exchange.received) * 1000, 3),
+        None if ttfb is None else round(ttfb * 1000, 3),
         usage.get("input_tokens") or 0,
         usage.get("output_tokens") or 0,
         exchange.notes.get("session_how"),
@@ -161,10 +164,6 @@ def summary_of_exchange(
         response is not None and response.streaming,
         preview,
     )
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def added_messages(document: Any) -> list[dict[str, str]]:
@@ -277,9 +276,13 @@ def _text(value: Any) -> str:
 def _last_user_text(body: Any) -> str:
     if not isinstance(body, dict):
         return ""
-    for message in reversed(_request_messages(body)):
-        if message.get("role") == "user":
-            return _text(message.get("content"))
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        messages = _request_messages(body)
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else _text(content)
     return ""
 
 
