@@ -134,6 +134,20 @@ class LiveFeedTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertEqual((self.heard, self.feed.live), ([], {}))
 
+    def test_a_call_is_announced_once_in_flight_for_an_interval(self) -> None:
+        self.hub.subscribe(lambda kind, data: self.heard.append((kind, data)))
+        first, second = exchange(exchange_id="e1"), exchange(exchange_id="e2")
+        self.feed.request_received(first)
+        self.clock.advance(0.05)
+        self.feed.request_received(second)
+        self.feed.event_received(second, chunk("hi"))
+        self.clock.advance(0.05)  # the flush: e2 is too young
+        self.assertEqual([(k, d["id"]) for k, d in self.heard], [("call_started", "e1")])
+        self.clock.advance(0.1)
+        self.assertEqual([(k, d["id"]) for k, d in self.heard],
+                         [("call_started", "e1"), ("call_started", "e2"), ("delta", "e2")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_a_call_in_flight_is_announced_once(self) -> None:
         self.hub.subscribe(lambda kind, data: self.heard.append((kind, data)))
         call = exchange()

@@ -129,7 +129,7 @@ def started(exchange: Exchange, wall: float) -> dict[str, Any]:
 class InFlight:
     """
     A call in flight while followed.  Its start is announced on the feed
-    only if it is still in flight at the next flush: a call that ends
+    only once it has been in flight for a flush interval: a call that ends
     sooner is told of once, when its trace is indexed (``call_indexed``),
     not three times.
     """
@@ -163,10 +163,10 @@ class LiveFeed(Middleware):
     Push this process's calls to the hub while anyone listens.
 
     Everything is sent at most every ``flush_seconds``: the start of the
-    calls still in flight then (``call_started``), the stream text gathered
+    calls in flight for that long (``call_started``), the stream text gathered
     since (``delta``); a call announced is ended on the feed
-    (``call_ended``) when it ends.  A call that begins and ends between two
-    flushes costs the feed nothing here: its ``call_indexed`` message, when
+    (``call_ended``) when it ends.  A call shorter than the interval costs
+    the feed nothing here: its ``call_indexed`` message, when
     its trace lands, is the one message it gets.
 
     :param reactor: for the flush timer and wall time.
@@ -261,18 +261,26 @@ class LiveFeed(Middleware):
 
     def _flush(self) -> None:
         """
-        Announce the calls in flight not announced yet, then send the text
-        of each stream gathered since the last flush.
+        Announce the calls in flight for ``flush_seconds`` or more not
+        announced yet, then send the text of each stream gathered since the
+        last flush; come back while younger calls wait.
         """
         self._timer = None
         if not self.hub._subscribers:
             self.live.clear()
             return
+        born = self.reactor.seconds() - self.flush_seconds
+        waiting = False
         for entry in list(self.live.values()):
             if entry.announced is None:
+                if entry.wall > born:
+                    waiting = True
+                    continue
                 entry.announced = started(entry.exchange, entry.wall)
                 self.hub.publish("call_started", entry.announced)
             self._send(entry)
+        if waiting and self._timer is None:
+            self._timer = self.reactor.callLater(self.flush_seconds, self._flush)
 
     def _send(self, entry: InFlight) -> None:
         """
