@@ -42,9 +42,6 @@ MAX_PENDING_LINES = 20_000
 #: hand-over of the GIL each time).
 GATHER_SECONDS = 0.05
 
-_Piece = tuple[str, str | None, str, str | None]
-
-
 def level_named(name: str) -> LogLevel:
     return LogLevel.levelWithName(name)
 
@@ -58,7 +55,7 @@ class ClassicText:
     """
 
     def __init__(self) -> None:
-        self._formats: dict[str, list[_Piece] | None] = {}
+        self._formats: dict[str, bool] = {}
         self._second = -1
         self._stamp = ""
 
@@ -68,15 +65,17 @@ class ClassicText:
         log_format = event.get("log_format")
         if log_format is None:
             return formatEventAsClassicLogText(event)
-        pieces = self._formats.get(log_format, False)
-        if pieces is False:
-            pieces = self._formats[log_format] = _parse(log_format)
+        plain = self._formats.get(log_format)
+        if plain is None:
+            plain = self._formats[log_format] = _plain(log_format)
             if len(self._formats) > 1000:
                 self._formats.clear()
-        if pieces is None:
+        if not plain:
             return formatEventAsClassicLogText(event)
         try:
-            text = _render(pieces, event)
+            # Plain field names only: str.format gives what Twisted's
+            # formatter would, in C.
+            text = log_format.format_map(event)
         except Exception:
             return formatEventAsClassicLogText(event)
         when = event.get("log_time")
@@ -94,36 +93,19 @@ class ClassicText:
         return self._stamp
 
 
-def _parse(log_format: str) -> list[_Piece] | None:
+def _plain(log_format: str) -> bool:
     """
-    A format string's pieces, or None when a field is more than a name.
+    Whether every field of a format string is a plain name (no attribute,
+    index or call syntax, no nested field in a spec).
     """
     try:
         pieces = list(Formatter().parse(log_format))
     except ValueError:
-        return None
-    for _, field, spec, _ in pieces:
-        if field is not None and (not field.isidentifier() or "{" in (spec or "")):
-            return None
-    return [(literal, field, spec or "", conversion) for literal, field, spec, conversion in pieces]
-
-
-def _render(pieces: list[_Piece], event: dict[str, Any]) -> str:
-    parts = []
-    for literal, field, spec, conversion in pieces:
-        if literal:
-            parts.append(literal)
-        if field is None:
-            continue
-        value = event[field]
-        if conversion == "r":
-            value = repr(value)
-        elif conversion == "a":
-            value = ascii(value)
-        elif conversion == "s":
-            value = str(value)
-        parts.append(format(value, spec) if spec or not isinstance(value, str) else value)
-    return "".join(parts)
+        return False
+    return all(
+        field is None or (field.isidentifier() and "{" not in (spec or ""))
+        for _, field, spec, _ in pieces
+    )
 
 
 def _json_line(event: dict[str, Any]) -> str:

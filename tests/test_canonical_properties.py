@@ -387,3 +387,44 @@ def test_canonical_bytes_are_the_standard_librarys_byte_for_byte(reduced: Any) -
 
     expected = json.dumps(reduced, separators=(",", ":"), ensure_ascii=False)
     assert canonical_bytes(reduced) == expected.encode("utf-8", "surrogatepass")
+
+
+def _key_fed_part_by_part(tag: bytes, *parts: bytes | int | None) -> bytes:
+    """
+    The key as it was first computed, one ``update`` per part: the keys a
+    Redis store already holds.
+    """
+    import hashlib
+
+    hasher = hashlib.blake2b(tag, digest_size=DIGEST_SIZE)
+    for part in parts:
+        if part is None:
+            hasher.update(b"\x00")
+        elif isinstance(part, int):
+            hasher.update(b"\x01" + part.to_bytes(8, "big"))
+        else:
+            hasher.update(b"\x02" + part)
+    return hasher.digest()
+
+
+@SETTINGS
+@given(
+    tag=st.sampled_from([b"E", b"F", b"R", b"S", b"P"]),
+    parts=st.lists(
+        st.one_of(st.none(), st.integers(0, 2**63), st.binary(min_size=16, max_size=16)),
+        max_size=8,
+    ),
+)
+def test_keys_are_those_a_store_already_holds(tag: bytes, parts: list[Any]) -> None:
+    # key_of hashes its parts joined, in one call: the same bytes as fed
+    # one by one, so sessions remembered before the change are still found.
+    from llmgate.sessions.canonical import key_of
+
+    assert key_of(tag, *parts) == _key_fed_part_by_part(tag, *parts)
+
+
+def test_no_system_prompt_has_the_digest_of_an_empty_one() -> None:
+    from llmgate.sessions.canonical import digest_reduced, system_digest
+
+    assert system_digest([]) == digest_reduced(("system", []))
+    assert system_digest([("text", "be brief")]) == digest_reduced(("system", [("text", "be brief")]))

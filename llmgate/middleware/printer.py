@@ -6,9 +6,10 @@ every value as a field of its own.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from llmgate.config import Section
 from llmgate.exchange import Exchange
@@ -68,6 +69,7 @@ class PrinterMiddleware(Middleware):
         # One logger for the middleware's life: ``self.log`` makes a new one
         # on every access.
         self._log = Logger(namespace=self.log.namespace, source=self)
+        self._publish = self._log.observer
 
     def request_received(self, exchange: Exchange) -> None:
         if not self.log_requests:
@@ -83,18 +85,10 @@ class PrinterMiddleware(Middleware):
             body_bytes=len(request.body),
         )
         if self.log_body:
-            self._log.info(
-                "-> {method} {path} model={model} stream={stream} session={session_id} "
-                "id={exchange_id} body={body}",
-                body=_preview(request.body, self.max_body_chars, self.scrub),
-                **fields,
-            )
+            fields["body"] = _preview(request.body, self.max_body_chars, self.scrub)
+            self._emit(LogLevel.info, _REQUEST_LINE + " body={body}", fields)
         else:
-            self._log.info(
-                "-> {method} {path} model={model} stream={stream} session={session_id} "
-                "id={exchange_id}",
-                **fields,
-            )
+            self._emit(LogLevel.info, _REQUEST_LINE, fields)
         self.lines += 1
         return None
 
@@ -130,13 +124,26 @@ class PrinterMiddleware(Middleware):
             fields["body"] = _preview(body, self.max_body_chars, self.scrub)
         # Fields keep their real values (None included) for JSON logs; the
         # text shows "-" where there is none.
-        shown = {f"{k}_shown": ("-" if v is None else v) for k, v in fields.items()}
-        fields.update(shown)
-        if exchange.error is not None:
-            self._log.warn(text, **fields)
-        else:
-            self._log.info(text, **fields)
+        shown = _SHOWN
+        fields.update([(shown[k], "-" if v is None else v) for k, v in fields.items()])
+        self._emit(LogLevel.warn if exchange.error is not None else LogLevel.info, text, fields)
         self.lines += 1
+
+    def _emit(self, level: LogLevel, text: str, fields: dict[str, Any]) -> None:
+        """
+        What ``Logger.emit`` does with an event, without re-checking a level
+        that is one of two constants here (Twisted sorts the levels on every
+        call to check): two lines a call, made on the reactor thread.
+        """
+        fields.update(
+            log_logger=self._log,
+            log_level=level,
+            log_namespace=self._log.namespace,
+            log_source=self,
+            log_format=text,
+            log_time=time.time(),
+        )
+        self._publish(fields)
 
     def state(self) -> Mapping[str, Any]:
         return {
@@ -147,6 +154,10 @@ class PrinterMiddleware(Middleware):
         }
 
 
+_REQUEST_LINE = (
+    "-> {method} {path} model={model} stream={stream} session={session_id} id={exchange_id}"
+)
+
 #: The response line's format; each field shown through its ``*_shown``
 #: twin ("-" for None), the real value kept under its own name.
 _RESPONSE_LINE = (
@@ -155,6 +166,13 @@ _RESPONSE_LINE = (
     "session={session_id_shown} id={exchange_id_shown}"
 )
 _ERROR_PART = " error={error_shown}"
+_SHOWN = {
+    name: f"{name}_shown"
+    for name in (
+        "exchange_id", "method", "path", "status", "duration_ms", "ttfb_ms", "input_tokens",
+        "output_tokens", "session_id", "error", "events", "body",
+    )
+}
 _BODY_PART = " body={body_shown}"
 
 

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from llmgate.interfaces import IApiShape
 from llmgate.providers.base import Shape, role_of
-from llmgate.sessions.canonical import History, _reduce_content, digest_reduced
+from llmgate.sessions.canonical import History, _reduce_content, system_digest
 from llmgate.sse import ServerSentEvent
 from llmgate.usage import StreamUsage, anthropic_usage
 
@@ -26,7 +26,7 @@ def messages_history(body: Any) -> History | None:
     if not isinstance(messages, list):
         return None
     return History(
-        system=digest_reduced(("system", _reduce_content(body.get("system")))),
+        system=system_digest(_reduce_content(body.get("system"))),
         messages=messages,
         provider="anthropic-messages",
     )

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from llmgate.interfaces import IApiShape
 from llmgate.providers.base import Shape, role_of
-from llmgate.sessions.canonical import History, _reduce_content, _role, digest_reduced
+from llmgate.sessions.canonical import History, _reduce_content, _role, system_digest
 from llmgate.sse import ServerSentEvent
 from llmgate.usage import StreamUsage, openai_usage
 
@@ -29,7 +29,7 @@ def chat_history(body: Any) -> History | None:
         system_parts.append(_reduce_content(messages[start].get("content")))
         start += 1
     return History(
-        system=digest_reduced(("system", system_parts)),
+        system=system_digest(system_parts),
         messages=messages[start:],
         provider="openai-chat",
     )

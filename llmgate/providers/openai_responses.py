@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from llmgate.interfaces import IApiShape
 from llmgate.providers.openai_chat import _OpenAIShape
-from llmgate.sessions.canonical import History, _reduce_content, _role, digest_reduced
+from llmgate.sessions.canonical import History, _reduce_content, _role, system_digest
 from llmgate.sse import ServerSentEvent
 
 
@@ -36,7 +36,7 @@ def responses_history(body: Any) -> History | None:
     if start:
         system = [system, *(_reduce_content(i.get("content")) for i in items[:start])]
     return History(
-        system=digest_reduced(("system", system)),
+        system=system_digest(system),
         messages=items[start:],
         provider="openai-responses",
         previous_response_id=previous if isinstance(previous, str) else None,

@@ -61,6 +61,10 @@ class Decision:
         return self.how in FUZZY
 
 
+#: A pending call's decision until it is made (shared: Decision is frozen).
+_UNDECIDED = Decision("", NEW)
+
+
 @attrs.define
 class Pending:
     """
@@ -89,22 +93,28 @@ def _is_system(message: Any) -> bool:
     return isinstance(message, dict) and message.get("role") in ("system", "developer")
 
 
-def _turns_key(get: Callable[[int], bytes], is_system: Callable[[int], bool], end: int) -> bytes:
+def _turns_key(get: Callable[[int], bytes], messages: Sequence[Any], end: int) -> bytes:
     """
     The system key of the state ending at ``end``: its first turn and its
     last :data:`WINDOW` turns, system messages passed over, so that neither
     the system prompt nor the system material between the turns counts.
-    Only the two ends of the history are looked at.
+    Only the two ends of the history are looked at; indices past
+    ``messages`` are the answer's, never system.
     """
+    count = len(messages)
     window: list[bytes | None] = []
     index, skipped = end - 1, 0
     while index >= 0 and len(window) < WINDOW and skipped <= MAX_SKIPPED:
-        if is_system(index):
+        if index < count and _is_system(messages[index]):
             skipped += 1
         else:
             window.append(get(index))
         index -= 1
-    first = next((get(i) for i in range(min(end, MAX_SKIPPED)) if not is_system(i)), None)
+    first = None
+    for i in range(min(end, MAX_SKIPPED)):
+        if not (i < count and _is_system(messages[i])):
+            first = get(i)
+            break
     return key_of(b"S", first, *([None] * (WINDOW - len(window))), *reversed(window))
 
 
@@ -150,9 +160,7 @@ class SessionDetector:
         system messages among them passed over (see :func:`_turns_key`);
         indices past the history's messages are its answer's.
         """
-        messages = history.messages
-        count = len(messages)
-        return _turns_key(get, lambda i: i < count and _is_system(messages[i]), end)
+        return _turns_key(get, history.messages, end)
 
     @staticmethod
     def response_key(response_id: str) -> bytes:
@@ -175,7 +183,7 @@ class SessionDetector:
         get = digests.__getitem__
         first = digests[0] if count else None
         retry_key = key_of(b"R", history.system, count, first, *self._window(get, count))
-        pending = Pending(Decision("", NEW), history, digests, retry_key, create)
+        pending = Pending(_UNDECIDED, history, digests, retry_key, create)
         if named:
             return pending, self._decided(pending, named, HEADER, touch=True)
         if self._is_reset(history):
