@@ -11,6 +11,10 @@
 #   --keep          keep the temporary directory (callgrind files, logs)
 #   --follow        a client follows /api/events of each gateway while counting
 #                   (bench/follower.py --events-only: the live view's feed)
+#   --clients N     N sequential clients at once (default 1), so that work done
+#                   once per interval (timers, batched reads and writes) is
+#                   shared by calls as under load, not paid by each call as
+#                   callgrind's 50-fold slowdown otherwise makes it
 #
 # Each gateway runs alone under callgrind (about 50 times slower), on one
 # keep-alive connection from a sequential client; the counters are zeroed
@@ -31,13 +35,15 @@ CONFIGS="default,otel,otel-unsampled"
 CALLS=1024
 KEEP=0
 FOLLOW=0
+CLIENTS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --configs) CONFIGS="$2"; shift ;;
         --calls) CALLS="$2"; shift ;;
         --keep) KEEP=1 ;;
         --follow) FOLLOW=1 ;;
-        -h|--help) sed -n '2,20p' "$HERE/instructions.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --clients) CLIENTS="$2"; shift ;;
+        -h|--help) sed -n '2,24p' "$HERE/instructions.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "instructions.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -64,15 +70,19 @@ done
 mk_work
 start_upstream "$BASE_PORT" ""
 cat >"$WORK/drive.py" <<'EOF'
-import http.client, json, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+import http.client, json, sys, threading
+port, n, clients = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})
-connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-for _ in range(n):
-    connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
-    answer = connection.getresponse()
-    answer.read()
-    assert answer.status == 200, answer.status
+def client(calls):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(calls):
+        connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200, answer.status
+threads = [threading.Thread(target=client, args=(n // clients + (i < n % clients),)) for i in range(clients)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
 EOF
 
 i=1
@@ -98,9 +108,9 @@ for name in "${NAMES[@]}"; do
             --report "$WORK/follower-$name.json" &
         follower=$!
     fi
-    "$PY" "$WORK/drive.py" "$port" 300
+    "$PY" "$WORK/drive.py" "$port" 300 "$CLIENTS"
     callgrind_control -z "$pid" >/dev/null 2>&1
-    "$PY" "$WORK/drive.py" "$port" "$CALLS"
+    "$PY" "$WORK/drive.py" "$port" "$CALLS" "$CLIENTS"
     callgrind_control -d "$pid" >/dev/null 2>&1
     for _ in $(seq 1 30); do [ -s "$out.1" ] && break; sleep 1; done
     [ -z "$follower" ] || kill -TERM "$follower" 2>/dev/null || true
