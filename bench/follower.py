@@ -3,7 +3,10 @@ A browser-like client of the live view, for bench/compare.sh (BENCH_FOLLOW):
 it does what the sessions page does with the gateway at ``--url``: follows
 ``/api/events`` and, at most every 0.4 s while events arrive, fetches
 ``/api/sessions``; every 15 s, ``/api/stats``.  It counts what it got and
-writes that to ``--report`` when stopped (SIGTERM).
+writes that to ``--report`` when stopped (SIGTERM).  ``--events-only``
+follows the feed and fetches nothing (bench/instructions.sh --follow: the
+fetches come at a rate per second, not per call, so under callgrind's
+slowdown they would weigh fifty times what they do in service).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--report", required=True)
+    parser.add_argument("--events-only", action="store_true")
     options = parser.parse_args()
     where = urlsplit(options.url)
     counts = {"events": 0, "sessions_fetches": 0, "stats_fetches": 0, "bytes": 0}
@@ -50,7 +54,8 @@ def main() -> None:
                 last_stats = time.monotonic()
             time.sleep(0.4)  # the page's debounce
 
-    threading.Thread(target=fetcher, daemon=True).start()
+    if not options.events_only:
+        threading.Thread(target=fetcher, daemon=True).start()
     connection = http.client.HTTPConnection(where.hostname, where.port)
     connection.request("GET", "/api/events")
     response = connection.getresponse()

@@ -4,11 +4,17 @@
 # A/B comparisons that CPU time on a shared machine cannot settle.  See
 # bench/README.md, "OpenTelemetry export".
 #
-#   bash bench/instructions.sh [--configs LIST] [--calls N] [--keep]
+#   bash bench/instructions.sh [--configs LIST] [--calls N] [--keep] [--follow]
 #
 #   --configs LIST  names of bench/configs/NAME.yaml (default: default,otel,otel-unsampled)
 #   --calls N       calls counted per config (default 1024), after 300 unmeasured
 #   --keep          keep the temporary directory (callgrind files, logs)
+#   --follow        a client follows /api/events of each gateway while counting
+#                   (bench/follower.py --events-only: the live view's feed)
+#   --clients N     N sequential clients at once (default 1), so that work done
+#                   once per interval (timers, batched reads and writes) is
+#                   shared by calls as under load, not paid by each call as
+#                   callgrind's 50-fold slowdown otherwise makes it
 #
 # Each gateway runs alone under callgrind (about 50 times slower), on one
 # keep-alive connection from a sequential client; the counters are zeroed
@@ -28,12 +34,16 @@ BENCH_NAME=instructions
 CONFIGS="default,otel,otel-unsampled"
 CALLS=1024
 KEEP=0
+FOLLOW=0
+CLIENTS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --configs) CONFIGS="$2"; shift ;;
         --calls) CALLS="$2"; shift ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,18p' "$HERE/instructions.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --follow) FOLLOW=1 ;;
+        --clients) CLIENTS="$2"; shift ;;
+        -h|--help) sed -n '2,24p' "$HERE/instructions.sh" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "instructions.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -60,15 +70,19 @@ done
 mk_work
 start_upstream "$BASE_PORT" ""
 cat >"$WORK/drive.py" <<'EOF'
-import http.client, json, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+import http.client, json, sys, threading
+port, n, clients = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})
-connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-for _ in range(n):
-    connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
-    answer = connection.getresponse()
-    answer.read()
-    assert answer.status == 200, answer.status
+def client(calls):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(calls):
+        connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200, answer.status
+threads = [threading.Thread(target=client, args=(n // clients + (i < n % clients),)) for i in range(clients)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
 EOF
 
 i=1
@@ -88,11 +102,18 @@ for name in "${NAMES[@]}"; do
     pid=$!
     GW_PID[$name]=$pid; GW_ORDER+=("$name")
     wait_http "http://127.0.0.1:$port/health" 120 || die "gateway $name did not start"
-    "$PY" "$WORK/drive.py" "$port" 300
+    follower=""
+    if [ "$FOLLOW" = 1 ]; then
+        "$PY" "$HERE/follower.py" --url "http://127.0.0.1:$port" --events-only \
+            --report "$WORK/follower-$name.json" &
+        follower=$!
+    fi
+    "$PY" "$WORK/drive.py" "$port" 300 "$CLIENTS"
     callgrind_control -z "$pid" >/dev/null 2>&1
-    "$PY" "$WORK/drive.py" "$port" "$CALLS"
+    "$PY" "$WORK/drive.py" "$port" "$CALLS" "$CLIENTS"
     callgrind_control -d "$pid" >/dev/null 2>&1
     for _ in $(seq 1 30); do [ -s "$out.1" ] && break; sleep 1; done
+    [ -z "$follower" ] || kill -TERM "$follower" 2>/dev/null || true
     total="$(awk '/^summary:/ { print $2 }' "$out.1")"
     threads="$(callgrind_annotate --inclusive=yes "$out.1" 2>/dev/null \
         | awk '/:thread_run / && !seen { gsub(",", "", $1); print $1; seen = 1 }')"

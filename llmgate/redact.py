@@ -105,10 +105,25 @@ def redact_headers(
     :param extra: more lower-case names to redact (``llm.auth_header``).
     """
     result: dict[str, list[str]] = {}
+    names = _HEADER_KEYS
     for name, values in headers:
-        key = name.decode("latin-1").lower()
+        key = names.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(names) < _MAX_HEADER_KEYS:
+                names[name] = key
         if key in SECRET_HEADERS or key in extra:
             result[key] = [REDACTED for _ in values]
         else:
-            result.setdefault(key, []).extend(v.decode("latin-1") for v in values)
+            decoded = [value.decode("latin-1") for value in values]
+            if key in result:
+                result[key].extend(decoded)
+            else:
+                result[key] = decoded
     return result
+
+
+#: Header names as trace keys, decoded and lower-cased once per process: a
+#: gateway meets the same few dozen names on every call.
+_HEADER_KEYS: dict[bytes, str] = {}
+_MAX_HEADER_KEYS = 1024

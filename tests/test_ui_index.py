@@ -277,6 +277,37 @@ class IndexTests(SynchronousTestCase):
         self.assertEqual(sorted(index.sessions), ["B"])
         watcher.stop()
 
+    def test_inotify_is_read_once_per_interval_not_once_per_file(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from llmgate.ui.watch import REST_SECONDS, INotifyWatcher
+
+        reactor = MemoryReactorClock()
+        index = self.index()
+        self.successResultOf(index.load())
+        watcher = INotifyWatcher(index, reactor)
+        watcher.start()
+        notifier = watcher.notifier
+        self.assertIn(notifier, reactor.readers)
+
+        def land(document: dict[str, Any]) -> None:  # by a rename, as the trace writes
+            aside = tempfile.mkdtemp(dir=self.directory)
+            name = write(aside, document)
+            os.replace(os.path.join(aside, name), os.path.join(self.directory, name))
+            os.rmdir(aside)
+
+        land(trace("a1", BASE, "A"))
+        notifier.doRead()
+        self.assertNotIn(notifier, reactor.readers)  # resting
+        land(trace("b1", BASE + 1, "B"))
+        reactor.advance(REST_SECONDS)
+        self.assertIn(notifier, reactor.readers)
+        notifier.doRead()  # both files' events in one read
+        self.clock.advance(1)  # the index reads the files
+        self.assertEqual(sorted(index.sessions), ["A", "B"])
+        watcher.stop()
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
 
 class StatsTests(SynchronousTestCase):
     def test_the_last_hour_counts_calls_tokens_and_latency_per_minute(self) -> None:

@@ -101,16 +101,17 @@ class LiveFeedTests(SynchronousTestCase):
         self.hub.subscribe(lambda kind, data: self.heard.append((kind, data)))
         call = exchange()
         self.feed.request_received(call)
-        self.assertEqual(self.heard[0][0], "call_started")
-        self.assertEqual(self.heard[0][1]["session_id"], "s1")
+        self.assertEqual(self.heard, [])  # announced at the next flush
         for word in ("Hel", "lo", " there"):
             self.feed.event_received(call, chunk(word))
-        self.assertEqual(len(self.heard), 1)
+        self.assertEqual(self.heard, [])
         self.clock.advance(0.1)
+        self.assertEqual(self.heard[0][0], "call_started")
+        self.assertEqual(self.heard[0][1]["session_id"], "s1")
         self.assertEqual(
             self.heard[1], ("delta", {"id": "e1", "session_id": "s1", "offset": 0, "text": "Hello there"})
         )
-        self.assertEqual(self.feed.live["e1"]["text"], "Hello there")
+        self.assertEqual(self.feed.live["e1"].text, "Hello there")
         self.feed.event_received(call, chunk("!"))
         call.response = ResponseRecord(status=200, headers=[], streaming=True)
         call.ended_at = 1.5
@@ -122,12 +123,47 @@ class LiveFeedTests(SynchronousTestCase):
                          ("call_ended", 200, 500.0, 2))
         self.assertEqual(self.feed.live, {})
 
+    def test_a_call_shorter_than_the_interval_sends_nothing(self) -> None:
+        self.hub.subscribe(lambda kind, data: self.heard.append((kind, data)))
+        call = exchange()
+        self.feed.request_received(call)
+        self.feed.event_received(call, chunk("quick"))
+        call.response = ResponseRecord(status=200, headers=[], streaming=True)
+        call.ended_at = 1.05
+        self.feed.exchange_finished(call)
+        self.clock.advance(0.1)
+        self.assertEqual((self.heard, self.feed.live), ([], {}))
+
+    def test_a_call_is_announced_once_in_flight_for_an_interval(self) -> None:
+        self.hub.subscribe(lambda kind, data: self.heard.append((kind, data)))
+        first, second = exchange(exchange_id="e1"), exchange(exchange_id="e2")
+        self.feed.request_received(first)
+        self.clock.advance(0.05)
+        self.feed.request_received(second)
+        self.feed.event_received(second, chunk("hi"))
+        self.clock.advance(0.05)  # the flush: e2 is too young
+        self.assertEqual([(k, d["id"]) for k, d in self.heard], [("call_started", "e1")])
+        self.clock.advance(0.1)
+        self.assertEqual([(k, d["id"]) for k, d in self.heard],
+                         [("call_started", "e1"), ("call_started", "e2"), ("delta", "e2")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_call_in_flight_is_announced_once(self) -> None:
+        self.hub.subscribe(lambda kind, data: self.heard.append((kind, data)))
+        call = exchange()
+        self.feed.request_received(call)
+        self.clock.advance(0.1)
+        self.clock.advance(0.1)
+        self.feed.exchange_finished(call)
+        self.assertEqual([kind for kind, _ in self.heard], ["call_started", "call_ended"])
+
     def test_a_failing_subscriber_is_dropped(self) -> None:
         def broken(kind: str, data: dict[str, Any]) -> None:
             raise RuntimeError("no")
 
         self.hub.subscribe(broken)
         self.feed.request_received(exchange())
+        self.clock.advance(0.1)
         self.assertFalse(self.hub.active)
         self.flushLoggedErrors(RuntimeError)
 

@@ -3,9 +3,11 @@ The live feed: calls starting, streams growing and calls ending, pushed to
 whoever follows ``/api/events`` as they happen in this process.
 
 It is a middleware the gateway adds itself when the live view is on.  With
-no one following, every hook returns at once; with followers, stream text is
-gathered per call and sent at most every ``flush_seconds``, so a fast stream
-costs one message per interval, not one per event.
+no one following, every hook returns at once; with followers, calls in
+flight and their stream text are sent at most every ``flush_seconds``, so a
+fast stream costs one message per interval, not one per event, and a call
+shorter than the interval costs none here (its trace, indexed, is told of
+once: ``call_indexed``).
 """
 
 from __future__ import annotations
@@ -124,19 +126,58 @@ def started(exchange: Exchange, wall: float) -> dict[str, Any]:
     }
 
 
+class InFlight:
+    """
+    A call in flight while followed.  Its start is announced on the feed
+    only once it has been in flight for a flush interval: a call that ends
+    sooner is told of once, when its trace is indexed (``call_indexed``),
+    not three times.
+    """
+
+    __slots__ = ("exchange", "wall", "text", "sent", "pending", "announced")
+
+    def __init__(self, exchange: Exchange, wall: float) -> None:
+        self.exchange = exchange
+        self.wall = wall
+        self.text = ""
+        self.sent = 0
+        self.pending: list[str] = []
+        self.announced: dict[str, Any] | None = None
+
+    @property
+    def call(self) -> dict[str, Any]:
+        """
+        What the feed says of the call's start (``call_started``).
+        """
+        if self.announced is not None:
+            return self.announced
+        return started(self.exchange, self.wall)
+
+    @property
+    def session_id(self) -> str | None:
+        return self.exchange.session_id
+
+
 class LiveFeed(Middleware):
     """
     Push this process's calls to the hub while anyone listens.
 
+    Everything is sent at most every ``flush_seconds``: the start of the
+    calls in flight for that long (``call_started``), the stream text gathered
+    since (``delta``); a call announced is ended on the feed
+    (``call_ended``) when it ends.  A call shorter than the interval costs
+    the feed nothing here: its ``call_indexed`` message, when
+    its trace lands, is the one message it gets.
+
     :param reactor: for the flush timer and wall time.
     :param hub: where messages go.
-    :param flush_seconds: how often gathered stream text is sent.
+    :param flush_seconds: how often calls in flight and stream text are sent.
     :param on_close: called when the gateway stops (the view stops with it).
     :param on_finished: told of every call's end, followed or not (the index).
     :param with_text: send stream text (off when the trace keeps no bodies:
         the view shows no more than the trace holds).
     :param scrub: hides secrets in stream text, as the trace does.
-    :ivar live: calls in flight while followed: id to ``{"call", "text"}``.
+    :ivar live: calls in flight while followed, by id.
     """
 
     name = "live"
@@ -158,16 +199,15 @@ class LiveFeed(Middleware):
         self.scrub = scrub
         self.hub = hub
         self.flush_seconds = flush_seconds
-        self.live: dict[str, dict[str, Any]] = {}
-        self._pending: dict[str, list[str]] = {}
+        self.live: dict[str, InFlight] = {}
         self._timer: Any = None
 
     def request_received(self, exchange: Exchange) -> None:
-        if not self.hub.active:
+        if not self.hub._subscribers:
             return None
-        call = started(exchange, self._wall())
-        self.live[exchange.id] = {"call": call, "text": "", "sent": 0}
-        self.hub.publish("call_started", call)
+        self.live[exchange.id] = InFlight(exchange, self.reactor.seconds())
+        if self._timer is None:
+            self._timer = self.reactor.callLater(self.flush_seconds, self._flush)
         return None
 
     def event_received(self, exchange: Exchange, event: ServerSentEvent) -> None:
@@ -178,19 +218,21 @@ class LiveFeed(Middleware):
         if not text:
             return
         text = self.scrub(text)
-        if len(entry["text"]) < MAX_LIVE_TEXT:
-            entry["text"] += text
-        self._pending.setdefault(exchange.id, []).append(text)
+        if len(entry.text) < MAX_LIVE_TEXT:
+            entry.text += text
+        entry.pending.append(text)
         if self._timer is None:
             self._timer = self.reactor.callLater(self.flush_seconds, self._flush)
 
     def exchange_finished(self, exchange: Exchange) -> None:
         if self.on_finished is not None:
             self.on_finished(exchange)
-        entry = self.live.pop(exchange.id, None)
-        if entry is None:
+        if not self.live:
             return
-        self._send(exchange.id, entry)
+        entry = self.live.pop(exchange.id, None)
+        if entry is None or entry.announced is None:
+            return
+        self._send(entry)
         usage = exchange.usage or {}
         self.hub.publish(
             "call_ended",
@@ -218,33 +260,44 @@ class LiveFeed(Middleware):
         return {"followers": len(self.hub._subscribers), "calls_followed": len(self.live)}
 
     def _flush(self) -> None:
+        """
+        Announce the calls in flight for ``flush_seconds`` or more not
+        announced yet, then send the text of each stream gathered since the
+        last flush; come back while younger calls wait.
+        """
         self._timer = None
-        for exchange_id in list(self._pending):
-            entry = self.live.get(exchange_id)
-            if entry is None:
-                self._pending.pop(exchange_id)
-            else:
-                self._send(exchange_id, entry)
+        if not self.hub._subscribers:
+            self.live.clear()
+            return
+        born = self.reactor.seconds() - self.flush_seconds
+        waiting = False
+        for entry in list(self.live.values()):
+            if entry.announced is None:
+                if entry.wall > born:
+                    waiting = True
+                    continue
+                entry.announced = started(entry.exchange, entry.wall)
+                self.hub.publish("call_started", entry.announced)
+            self._send(entry)
+        if waiting and self._timer is None:
+            self._timer = self.reactor.callLater(self.flush_seconds, self._flush)
 
-    def _send(self, exchange_id: str, entry: dict[str, Any]) -> None:
+    def _send(self, entry: InFlight) -> None:
         """
         Send what the stream added since the last time, with its offset in
         the call's text: a page that fetched the text meanwhile (from
         ``/api/calls`` or ``/api/sessions/<id>``) skips what it has.
         """
-        pieces = self._pending.pop(exchange_id, None)
-        if pieces:
-            text = "".join(pieces)
-            offset = entry["sent"]
-            entry["sent"] = offset + len(text)
+        if entry.pending:
+            text = "".join(entry.pending)
+            entry.pending = []
+            offset = entry.sent
+            entry.sent = offset + len(text)
             self.hub.publish(
                 "delta",
-                {"id": exchange_id, "session_id": entry["call"]["session_id"],
+                {"id": entry.exchange.id, "session_id": entry.exchange.session_id,
                  "offset": offset, "text": text},
             )
-
-    def _wall(self) -> float:
-        return float(self.reactor.seconds())
 
 
 def _ms(seconds: float | None) -> float | None:

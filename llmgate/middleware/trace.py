@@ -152,6 +152,7 @@ class TraceMiddleware(Middleware):
         self._render_call: Any = None
         self._ready: list[tuple[str, bytes, float]] = []
         self._handoff: Any = None
+        self._stamp: tuple[int, str, str] = (-1, "", "")
 
     # -- the middleware ---------------------------------------------------------
 
@@ -300,9 +301,26 @@ class TraceMiddleware(Middleware):
         """
         data = self.scrub.bytes(fastjson.dumps(self._document(snap)))
         wall_time = snap["wall_time"]
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall_time))
+        stamp = self._stamps(wall_time)[0]
         micros = int((wall_time % 1) * 1_000_000)
         return f"{stamp}.{micros:06d}Z-{snap['id']}{SUFFIX}", data, wall_time
+
+    def _stamps(self, wall_time: float) -> tuple[str, str]:
+        """
+        The second of ``wall_time`` as a file name's stamp and as a
+        document's timestamp, formatted once per second, not twice a call.
+        """
+        second = int(wall_time)
+        cached = self._stamp
+        if cached[0] != second:
+            when = time.gmtime(second)
+            # One tuple, assigned at once: a reader never sees half of it.
+            cached = self._stamp = (
+                second,
+                time.strftime("%Y%m%dT%H%M%S", when),
+                time.strftime("%Y-%m-%dT%H:%M:%S", when),
+            )
+        return cached[1], cached[2]
 
     def _settled(self, written: int, failures: list[str]) -> None:
         self.written += written
@@ -428,9 +446,7 @@ class TraceMiddleware(Middleware):
                         response["message"] = None
         document: dict[str, Any] = {
             "id": snap["id"],
-            "timestamp": time.strftime(
-                "%Y-%m-%dT%H:%M:%S", time.gmtime(snap["wall_time"])
-            )
+            "timestamp": self._stamps(snap["wall_time"])[1]
             + f".{int((snap['wall_time'] % 1) * 1000):03d}Z",
             "provider": snap["provider"],
             "api": snap["api"],

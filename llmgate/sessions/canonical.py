@@ -131,17 +131,18 @@ class Digests:
 
     def __init__(self, history: History) -> None:
         self.history = history
+        self._messages = history.messages
+        self._provider = history.provider
         self._cache: dict[int, bytes] = {}
 
     def __len__(self) -> int:
-        return len(self.history.messages)
+        return len(self._messages)
 
     def __getitem__(self, index: int) -> bytes:
         cached = self._cache.get(index)
         if cached is None:
-            message = self.history.messages[index]
             cached = self._cache[index] = digest_reduced(
-                reduce_message(self.history.provider, message)
+                reduce_message(self._provider, self._messages[index])
             )
         return cached
 

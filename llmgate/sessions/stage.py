@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 
 from llmgate.exchange import Exchange
 from llmgate.middleware import Middleware
@@ -36,6 +37,12 @@ class SessionStage(Middleware):
         self.detector = detector
         self.store_errors = 0
         self.client_headers = tuple(name.lower().encode("ascii") for name in detector.config.client_headers)
+        # The names as Twisted's Headers stores them, so one pass over a
+        # request's headers finds them (a lookup per name cost two Python
+        # calls each, six names on every call).
+        self._stored_names = {
+            _stored_name(name): name for name in self.client_headers
+        }
 
     def client_session(self, headers: Any) -> str | None:
         """
@@ -45,8 +52,16 @@ class SessionStage(Middleware):
         so two tools that happen to pick one id never share a session; the
         gateway's own ``x-llmgate-session-id`` is taken as is.
         """
+        stored = self._stored_names
+        sent = {
+            stored[name]: values
+            for name, values in headers.getAllRawHeaders()
+            if name in stored
+        }
+        if not sent:
+            return None
         for name in self.client_headers:
-            given = headers.getRawHeaders(name)
+            given = sent.get(name)
             if not given:
                 continue
             value = given[-1].strip()
@@ -114,6 +129,15 @@ class SessionStage(Middleware):
             "fuzzy_matches": counts["fuzzy_matches"],
             "store_errors": self.store_errors,
         }
+
+
+def _stored_name(name: bytes) -> bytes:
+    """
+    ``name`` as ``Headers.getAllRawHeaders`` gives it back.
+    """
+    headers = Headers()
+    headers.addRawHeader(name, b"")
+    return next(iter(headers.getAllRawHeaders()))[0]
 
 
 def _response_id(exchange: Exchange) -> str | None:

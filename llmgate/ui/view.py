@@ -175,7 +175,7 @@ class LiveView:
     def call(self, request: Any, call_id: str) -> Any:
         entry = self.live.live.get(call_id)
         if entry is not None:
-            return _json(request, {"call": entry["call"], "text": entry["text"], "in_progress": True})
+            return _json(request, {"call": entry.call, "text": entry.text, "in_progress": True})
         summary = self.index.calls.get(call_id)
         read = self.index.read_call(call_id)
         if summary is None or read is None:
@@ -208,9 +208,9 @@ class LiveView:
 
     def _in_flight(self, session_id: str | None) -> list[dict[str, Any]]:
         return [
-            {**entry["call"], "text": entry["text"]}
-            for entry in self.live.live.values()
-            if session_id is None or entry["call"]["session_id"] == session_id
+            {**entry.call, "text": entry.text}
+            for entry in list(self.live.live.values())
+            if session_id is None or entry.session_id == session_id
         ]
 
     def close(self) -> None:

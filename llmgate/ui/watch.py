@@ -14,6 +14,9 @@ from twisted.python.filepath import FilePath
 
 from llmgate.ui.index import TraceIndex
 
+#: How long the inotify descriptor rests after each read (see INotifyWatcher).
+REST_SECONDS = 0.1
+
 
 class PollWatcher:
     """
@@ -62,18 +65,21 @@ class INotifyWatcher:
 
     Events are read by :func:`_names_reader`, which hands over bare names:
     Twisted's own reader builds a ``FilePath`` per event, which cost more
-    than the rest of indexing a call.
+    than the rest of indexing a call.  After each read the descriptor rests
+    for ``rest_seconds`` while the kernel queues what lands meanwhile: one
+    wake-up of the reactor per interval, not one per trace written (each
+    cost as much as the rest of indexing this process's own call).
     """
 
     log = Logger()
 
-    def __init__(self, index: TraceIndex, reactor: Any) -> None:
+    def __init__(self, index: TraceIndex, reactor: Any, rest_seconds: float = REST_SECONDS) -> None:
         from twisted.internet import inotify
 
         self.inotify_module = inotify
         self.index = index
         self.reactor = reactor
-        self.notifier = _names_reader(inotify)(reactor, self._notified)
+        self.notifier = _names_reader(inotify)(reactor, self._notified, rest_seconds)
 
     def start(self) -> None:
         module = self.inotify_module
@@ -85,6 +91,7 @@ class INotifyWatcher:
         )
 
     def stop(self) -> None:
+        self.notifier.rest_over()
         self.notifier.loseConnection()
 
     def _notified(self, name: str, mask: int) -> None:
@@ -106,9 +113,28 @@ def _names_reader(inotify: Any) -> Any:
     header = struct.Struct("=iIII")
 
     class NamesINotify(inotify.INotify):  # type: ignore[misc, name-defined]
-        def __init__(self, reactor: Any, callback: Any) -> None:
+        def __init__(self, reactor: Any, callback: Any, rest_seconds: float) -> None:
             super().__init__(reactor)
             self._callback = callback
+            self._rest_seconds = rest_seconds
+            self._resting: Any = None
+
+        def doRead(self) -> Any:
+            result = super().doRead()
+            if self._rest_seconds > 0 and self.connected:
+                self.stopReading()
+                self._resting = self.reactor.callLater(self._rest_seconds, self._rested)
+            return result
+
+        def _rested(self) -> None:
+            self._resting = None
+            if self.connected and not self.disconnecting:
+                self.startReading()
+
+        def rest_over(self) -> None:
+            if self._resting is not None and self._resting.active():
+                self._resting.cancel()
+            self._resting = None
 
         def _doRead(self, data: bytes) -> None:
             buffer = self._buffer + data
