@@ -5,6 +5,7 @@ without a reactor: the writer thread's work is called directly.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -284,3 +285,62 @@ class _Recorder:
 
     def put(self, item: object) -> None:
         self.into.append(item)
+
+
+class StoreTests(SynchronousTestCase):
+    """
+    Both ways a trace file is made whole before it has its name.
+    """
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        self.trace = TraceMiddleware(reactor=MemoryReactorClock(), directory=self.directory)
+        self.addCleanup(self.trace._close_directory)
+
+    def written(self) -> list[str]:
+        return sorted(os.listdir(self.directory))
+
+    def test_unnamed_files_where_the_platform_has_them(self) -> None:
+        if not self.trace.unnamed_files:
+            self.skipTest("no O_TMPFILE or no /proc here")
+        path = self.trace._write(self.trace._snapshot(exchange()))
+        self.assertTrue(self.trace.unnamed_files)
+        self.assertEqual(self.written(), [os.path.basename(path)])
+        self.assertEqual(json.loads(open(path, "rb").read())["id"], "ab" * 16)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o644 & ~_umask())
+
+    def test_a_file_system_without_them_falls_back_to_a_rename(self) -> None:
+        calls = []
+
+        def refuse(path: str, flags: int, mode: int = 0o777) -> int:
+            if flags & getattr(os, "O_TMPFILE", 0) == getattr(os, "O_TMPFILE", -1):
+                calls.append(path)
+                raise OSError(errno.EOPNOTSUPP, "not supported")
+            return real_open(path, flags, mode)
+
+        real_open = os.open
+        self.trace.unnamed_files = True
+        self.patch(os, "open", refuse)
+        first = self.trace._write(self.trace._snapshot(exchange()))
+        second = exchange()
+        second.id = "cd" * 16
+        self.trace._write(self.trace._snapshot(second))
+        self.assertEqual(len(calls), 1)  # asked once, then never again
+        self.assertFalse(self.trace.unnamed_files)
+        self.assertEqual(len(self.written()), 2)
+        self.assertIn(os.path.basename(first), self.written())
+
+    def test_an_existing_name_is_a_failure_not_an_overwrite(self) -> None:
+        rendered = self.trace._render(self.trace._snapshot(exchange()))
+        path = self.trace._store(rendered)
+        with open(path, "wb") as handle:
+            handle.write(b"first")
+        self.assertRaises(FileExistsError, self.trace._store, rendered)
+        self.assertEqual(open(path, "rb").read(), b"first")
+        self.assertEqual(self.written(), [os.path.basename(path)])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -14,6 +14,7 @@ Under overload traces are dropped and counted, never queued without bound.
 
 from __future__ import annotations
 
+import errno
 import os
 from time import perf_counter
 import tempfile
@@ -50,6 +51,12 @@ GATHER_SECONDS = 0.02
 RENDER_SLICE = 0.002
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+#: A file with no name, in the directory's file system (Linux 3.11+).
+_UNNAMED = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | getattr(os, "O_CLOEXEC", 0)
+#: What says unnamed files are not to be had here (the file system has no
+#: O_TMPFILE; no /proc to link from): the named way, from then on.
+_NO_UNNAMED_OPEN = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+_NO_UNNAMED_LINK = frozenset({errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EINVAL})
 
 
 def build(config: Mapping[str, Any], context: MiddlewareContext) -> "TraceMiddleware":
@@ -139,6 +146,9 @@ class TraceMiddleware(Middleware):
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        #: Files written unnamed, then linked (see :meth:`_store_unnamed`).
+        self.unnamed_files = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._directory: tuple[int, int] = (-1, -1)
         self.pending = 0
         self._idle: list[Deferred[None]] = []
         self._files: deque[str] = deque(self._existing_files())
@@ -353,6 +363,7 @@ class TraceMiddleware(Middleware):
             written, failures = 0, []
             while True:
                 if batch is _STOP:
+                    self._close_directory()
                     if written or failures:
                         self.reactor.callFromThread(self._settled, written, failures)
                     return
@@ -377,14 +388,74 @@ class TraceMiddleware(Middleware):
     def _store(self, rendered: tuple[str, bytes, float]) -> str:
         name, data, wall_time = rendered
         path = os.path.join(self.directory, name)
+        if not (self.unnamed_files and self._store_unnamed(path, data)):
+            self._store_named(name, path, data)
+        self._files.append(path)
+        self._retire(wall_time)
+        return path
+
+    def _store_unnamed(self, path: str, data: bytes) -> bool:
+        """
+        Write ``data`` to a file with no name yet (``O_TMPFILE``), then give
+        it its name (``linkat``): it appears whole, as with a rename, at one
+        directory operation instead of two (creating a file costs 30 us to
+        over 1 ms of kernel time here, on the gateway's core).
+
+        :return: False, and never again tried, where the file system or the
+            platform cannot (no ``O_TMPFILE``, no ``/proc``).
+        """
+        try:
+            handle = os.open(self.directory, _UNNAMED, 0o644)
+        except OSError as error:
+            if error.errno in _NO_UNNAMED_OPEN:
+                self.unnamed_files = False
+                return False
+            raise
+        try:
+            _write_all(handle, data)
+            try:
+                # The name ends with the exchange id, unique: an existing
+                # file is an error (EEXIST), never overwritten.
+                # A directory descriptor makes os.link call linkat with
+                # AT_SYMLINK_FOLLOW (plain link() gives EXDEV here).
+                os.link(
+                    f"/proc/self/fd/{handle}",
+                    os.path.basename(path),
+                    dst_dir_fd=self._directory_handle(),
+                    follow_symlinks=True,
+                )
+            except OSError as error:
+                if error.errno not in _NO_UNNAMED_LINK:
+                    raise
+                self.unnamed_files = False
+                return False
+        finally:
+            os.close(handle)
+        return True
+
+    def _directory_handle(self) -> int:
+        """
+        A descriptor of the trace directory, opened once per process.
+        """
+        pid, handle = self._directory
+        if pid != os.getpid():
+            handle = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._directory = (os.getpid(), handle)
+        return handle
+
+    def _close_directory(self) -> None:
+        pid, handle = self._directory
+        self._directory = (-1, -1)
+        if pid == os.getpid():
+            os.close(handle)
+
+    def _store_named(self, name: str, path: str, data: bytes) -> None:
         # The name ends with the exchange id, unique; O_EXCL makes sure.
         temporary = os.path.join(self.directory, "." + name + ".tmp")
         handle = os.open(temporary, _CREATE, 0o644)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(handle, view) :]
+                _write_all(handle, data)
             finally:
                 os.close(handle)
             os.replace(temporary, path)
@@ -394,9 +465,6 @@ class TraceMiddleware(Middleware):
             except OSError:
                 pass
             raise
-        self._files.append(path)
-        self._retire(wall_time)
-        return path
 
     def _document(self, snap: dict[str, Any]) -> dict[str, Any]:
         shape = snap["shape"]
@@ -534,6 +602,12 @@ class TraceMiddleware(Middleware):
             )
             while files and os.path.basename(files[0])[:15] < cutoff:
                 _unlink(files.popleft())
+
+
+def _write_all(handle: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(handle, view) :]
 
 
 def _unlink(path: str) -> None:

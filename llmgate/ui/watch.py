@@ -59,8 +59,9 @@ class PollWatcher:
 
 class INotifyWatcher:
     """
-    Follow the directory with inotify: a trace lands by a rename into place
-    (``IN_MOVED_TO``); retention deletes (``IN_DELETE``).  On a queue
+    Follow the directory with inotify: a trace lands whole, by a rename into
+    place (``IN_MOVED_TO``) or by linking a file written unnamed
+    (``IN_CREATE``); retention deletes (``IN_DELETE``).  On a queue
     overflow, fall back to one listing.
 
     Events are read by :func:`_names_reader`, which hands over bare names:
@@ -84,10 +85,12 @@ class INotifyWatcher:
     def start(self) -> None:
         module = self.inotify_module
         self.notifier.startReading()
-        # One event per trace: it lands by a rename and goes by unlink (its
-        # temporary file's own events are not asked for).
+        # One event per trace: it lands by a rename or a link and goes by
+        # unlink.  A named temporary file's creation is an IN_CREATE too: its
+        # name (".name.tmp") is no trace's, and the index passes over it.
         self.notifier.watch(
-            FilePath(self.index.directory), mask=module.IN_MOVED_TO | module.IN_DELETE
+            FilePath(self.index.directory),
+            mask=module.IN_MOVED_TO | module.IN_CREATE | module.IN_DELETE,
         )
 
     def stop(self) -> None:
@@ -100,7 +103,7 @@ class INotifyWatcher:
             PollWatcher(self.index, self.reactor, 1)._look()
         elif mask & module.IN_DELETE:
             self.index.file_removed(name)
-        elif mask & module.IN_MOVED_TO:
+        elif mask & (module.IN_MOVED_TO | module.IN_CREATE):
             self.index.file_added(name)
 
 
