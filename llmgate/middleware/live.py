@@ -43,6 +43,10 @@ class Hub:
     def active(self) -> bool:
         return bool(self._subscribers)
 
+    @property
+    def followers(self) -> int:
+        return len(self._subscribers)
+
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """
         :return: a callable that unsubscribes (safe to call twice).
@@ -203,7 +207,7 @@ class LiveFeed(Middleware):
         self._timer: Any = None
 
     def request_received(self, exchange: Exchange) -> None:
-        if not self.hub._subscribers:
+        if not self.hub.active:
             return None
         self.live[exchange.id] = InFlight(exchange, self.reactor.seconds())
         if self._timer is None:
@@ -257,7 +261,7 @@ class LiveFeed(Middleware):
             self.on_close()
 
     def state(self) -> dict[str, Any]:
-        return {"followers": len(self.hub._subscribers), "calls_followed": len(self.live)}
+        return {"followers": self.hub.followers, "calls_followed": len(self.live)}
 
     def _flush(self) -> None:
         """
@@ -266,7 +270,7 @@ class LiveFeed(Middleware):
         last flush; come back while younger calls wait.
         """
         self._timer = None
-        if not self.hub._subscribers:
+        if not self.hub.active:
             self.live.clear()
             return
         born = self.reactor.seconds() - self.flush_seconds

@@ -19,6 +19,7 @@ import attrs
 from llmgate.fastjson import orjson
 
 DIGEST_SIZE = 16  # 128-bit BLAKE2b: collision-free for any realistic traffic
+_blake2b = hashlib.blake2b
 
 #: Context a client injects around the user's words (Claude Code's
 #: ``<system-reminder>`` blocks: environment, instructions, notices), which
@@ -74,9 +75,6 @@ def digest_reduced(reduced: Any) -> bytes:
     no key sorting is needed.
     """
     return _blake2b(canonical_bytes(reduced), digest_size=DIGEST_SIZE).digest()
-
-
-_blake2b = hashlib.blake2b
 
 
 def system_digest(parts: Any) -> bytes:
